@@ -1,0 +1,1 @@
+"""Benchmarks: rnnfast against PyTorch on the same shapes, in the same process."""
