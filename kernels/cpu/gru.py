@@ -1,0 +1,154 @@
+"""GRU on the CPU: Numba kernels, forward directly above backward.
+
+Gate order r, z, n (PyTorch's)::
+
+    r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)     z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn))  h' = (1 - z) * n + z * h
+
+``W_hn h + b_hn`` sits inside the reset gate, so the input and recurrent halves have different
+gate gradients: backward keeps both (``dgates_x`` and ``dgates_h``), which differ only in n.
+Steps at or past a sequence's length carry the state unchanged and output zeros.
+"""
+import numpy as np
+from numba import njit
+
+from rnnfast.kernels.cpu.activations import sigmoid, tanh
+from rnnfast.kernels.cpu.common import contiguous, prepare
+
+
+@njit(cache=True, fastmath=True)
+def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one, zero):
+    B, H = h_prev.shape
+    r_idx, z_idx, n_idx = 0, H, 2 * H
+    for b in range(B):
+        if t < lengths[b]:
+            g_row = gates_t[b]
+            hw_row = hw[b]
+            for j in range(H):
+                r = sigmoid(g_row[r_idx + j] + hw_row[r_idx + j] + b_hh[r_idx + j])
+                z = sigmoid(g_row[z_idx + j] + hw_row[z_idx + j] + b_hh[z_idx + j])
+                hn = hw_row[n_idx + j] + b_hh[n_idx + j]
+                n = tanh(g_row[n_idx + j] + r * hn)
+                g_row[r_idx + j] = r
+                g_row[z_idx + j] = z
+                g_row[n_idx + j] = n
+                hn_t[b, j] = hn
+                h = (one - z) * n + z * h_prev[b, j]
+                h_next[b, j] = h
+                y_t[b, j] = h
+        else:
+            for j in range(H):
+                h_next[b, j] = h_prev[b, j]
+                y_t[b, j] = zero
+            gates_t[b, :] = zero
+            hn_t[b, :] = zero
+
+
+@njit(cache=True)
+def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, h, gates, hn):
+    """x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,); lengths: (B,).
+    Writes y: (T, B, H), h: (T+1, B, H), gates: (T, B, 3H) = r, z, n and hn: (T, B, H) = W_hn h + b_hn."""
+    T, B, I = x.shape
+    H = h0.shape[1]
+    one = h0[0, 0] * 0 + 1
+    zero = one - one
+    g2 = gates.reshape(T * B, 3 * H)
+    np.dot(x.reshape(T * B, I), w_ih.T, g2)
+    g2 += b_ih
+    h[0] = h0
+    hw = np.empty((B, 3 * H), dtype=x.dtype)
+    for t in range(T):
+        np.dot(h[t], w_hh.T, hw)
+        _forward_step(gates[t], hn[t], hw, b_hh, h[t], h[t + 1], y[t], t, lengths, one, zero)
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
+    """One GRU layer, one direction, over a whole sequence.
+
+    x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,);
+    lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), hT: (B, H) and the cache.
+    """
+    x, lengths = prepare(x, lengths)
+    h0, w_ih, w_hh, b_ih, b_hh = contiguous(h0, w_ih, w_hh, b_ih, b_hh)
+    T, B, _ = x.shape
+    H = h0.shape[1]
+    y = np.empty((T, B, H), dtype=x.dtype)
+    h = np.empty((T + 1, B, H), dtype=x.dtype)
+    gates = np.empty((T, B, 3 * H), dtype=x.dtype)
+    hn = np.empty((T, B, H), dtype=x.dtype)
+    _forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, h, gates, hn)
+    cache = (x, w_ih, w_hh, lengths, h, gates, hn)
+    return y, h[T].copy(), cache
+
+
+@njit(cache=True, fastmath=True)
+def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, lengths, one, zero):
+    B, H = dh.shape
+    r_idx, z_idx, n_idx = 0, H, 2 * H
+    for b in range(B):
+        dgx_row = dgates_x_t[b]
+        dgh_row = dgates_h_t[b]
+        if t < lengths[b]:
+            g_row = gates_t[b]
+            for j in range(H):
+                r = g_row[r_idx + j]
+                z = g_row[z_idx + j]
+                n = g_row[n_idx + j]
+                dh_j = dh[b, j] + dy_t[b, j]
+                dn = dh_j * (one - z) * (one - n * n)
+                dz = dh_j * (h_prev[b, j] - n) * z * (one - z)
+                dr = dn * hn_t[b, j] * r * (one - r)
+                dgx_row[r_idx + j] = dr
+                dgx_row[z_idx + j] = dz
+                dgx_row[n_idx + j] = dn
+                dgh_row[r_idx + j] = dr
+                dgh_row[z_idx + j] = dz
+                dgh_row[n_idx + j] = dn * r
+                dh[b, j] = dh_j * z  # the direct path; the recurrent GEMM adds the rest
+        else:
+            dgx_row[:] = zero
+            dgh_row[:] = zero
+
+
+@njit(cache=True)
+def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates_x, dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Fills dgates_x, dgates_h: (T, B, 3H) step by step, then dx, dw_ih, dw_hh, db_ih, db_hh with
+    single GEMMs and reductions. dh: (B, H) enters as dhT and leaves as dh0."""
+    T, B, I = x.shape
+    H = dh.shape[1]
+    one = h[0, 0, 0] * 0 + 1
+    zero = one - one
+    dh_rec = np.empty((B, H), dtype=x.dtype)
+    for t in range(T - 1, -1, -1):
+        _backward_step(dgates_x[t], dgates_h[t], dy[t], dh, gates[t], hn[t], h[t], t, lengths, one, zero)
+        np.dot(dgates_h[t], w_hh, dh_rec)
+        dh += dh_rec  # rows past a length have zero gate gradients, so dh_rec is zero there
+    dgx2 = dgates_x.reshape(T * B, 3 * H)
+    dgh2 = dgates_h.reshape(T * B, 3 * H)
+    np.dot(dgx2, w_ih, dx.reshape(T * B, I))
+    np.dot(dgx2.T, x.reshape(T * B, I), dw_ih)
+    np.dot(dgh2.T, h[:T].reshape(T * B, H), dw_hh)
+    db_ih[:] = dgx2.sum(axis=0)
+    db_hh[:] = dgh2.sum(axis=0)
+
+
+def gru_backward(dy, dhT, cache):
+    """BPTT through :func:`gru_forward`.
+
+    dy: (T, B, H); dhT: (B, H) or None. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (3H, I),
+    dw_hh: (3H, H), db_ih, db_hh: (3H,).
+    """
+    x, w_ih, w_hh, lengths, h, gates, hn = cache
+    T, B, I = x.shape
+    H = h.shape[2]
+    dy = np.ascontiguousarray(dy, dtype=x.dtype)
+    dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
+    dgates_x = np.empty((T, B, 3 * H), dtype=x.dtype)
+    dgates_h = np.empty((T, B, 3 * H), dtype=x.dtype)
+    dx = np.empty_like(x)
+    dw_ih = np.empty_like(w_ih)
+    dw_hh = np.empty_like(w_hh)
+    db_ih = np.empty(3 * H, dtype=x.dtype)
+    db_hh = np.empty(3 * H, dtype=x.dtype)
+    _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates_x, dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh)
+    return dx, dh, dw_ih, dw_hh, db_ih, db_hh
