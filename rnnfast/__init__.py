@@ -11,5 +11,8 @@ __version__ = "0.1.0"
 from rnnfast.backend import get_array_module, get_backend, gpu_available, to_device, to_numpy
 from rnnfast.errors import CheckpointError, DataError, NonFiniteLossError, RnnfastError
 from rnnfast.module import Module
+from rnnfast.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 
 # -- each module's exports below: one block per module ---------------------------------------
+from rnnfast import losses, metrics, optim
+from rnnfast.layers import Dropout, Embedding, Linear

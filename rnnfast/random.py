@@ -35,4 +35,4 @@ def uniform(shape, seed: int, stream: int, xp=np, dtype=np.float32):
 def dropout_mask(shape, p: float, seed: int, stream: int, xp=np, dtype=np.float32):
     """Inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
     keep = uniform(shape, seed, stream, xp, np.float32) >= p
-    return keep.astype(dtype) * dtype(1.0 / (1.0 - p))
+    return keep.astype(dtype) * np.dtype(dtype).type(1.0 / (1.0 - p))

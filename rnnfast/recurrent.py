@@ -1,0 +1,369 @@
+"""Recurrent layers: ``RNN``, ``LSTM``, ``GRU`` and their single-step cells, PyTorch-compatible.
+
+Parameters carry PyTorch's names, shapes, gate orders and init (``weight_ih_l{k}``,
+``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, suffix ``_reverse``; every weight and bias
+``U(-1/sqrt(H), 1/sqrt(H))``), so ``state_dict()`` loads into ``torch.nn.LSTM`` and back.
+
+    >>> import numpy as np, rnnfast as rf
+    >>> gru = rf.GRU(4, 8, num_layers=2, bidirectional=True, seed=0)
+    >>> x = np.ones((6, 3, 4), np.float32)                      # (T, B, I)
+    >>> y, h = gru(x, lengths=np.array([6, 4, 1]))              # y: (T, B, 2H), h: (2*2, B, H)
+    >>> dx, dh0 = gru.backward(np.ones_like(y))                 # gradients land in gru.grads
+    >>> y.shape, h.shape, dx.shape
+    ((6, 3, 16), (4, 3, 8), (6, 3, 4))
+
+A layer owns the time loop (in the kernels), the stacking of layers, both directions and the
+dropout between layers; the kernels (``rnnfast.kernels.<backend>.<cell>``) do one layer and one
+direction. The backward direction runs over each sequence reversed within its own length.
+``forward`` keeps the caches of its last call and ``backward`` runs BPTT through them.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from rnnfast.backend import get_backend, to_numpy
+from rnnfast.module import Module
+from rnnfast.random import dropout_mask
+
+_DTYPES = (np.float32, np.float64)
+
+
+def _check_size(name, value):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.type not in _DTYPES:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _shape_error(name, got, expected):
+    return ValueError(f"{name} has shape {tuple(got)}, expected {expected}")
+
+
+def _reverse_index(lengths, T, B, xp):
+    """Time indices that reverse each sequence within its length: idx: (T, B), an involution."""
+    t = xp.arange(T)[:, None]
+    L = xp.asarray(lengths)[None, :]
+    return xp.where(t < L, L - 1 - t, t)
+
+
+def _reverse(a, index, xp):
+    """a: (T, B, ...) with each column b reversed inside its length (index from _reverse_index)."""
+    if index is None:
+        return a[::-1]
+    return a[index, xp.arange(a.shape[1])[None, :]]
+
+
+class _Recurrent(Module):
+    """Shared machinery of RNN, LSTM and GRU: parameters, validation, layers and directions."""
+
+    gates = 1
+    cell = "rnn"
+    has_cell_state = False
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity="tanh"):
+        super().__init__()
+        _check_size("input_size", input_size)
+        _check_size("hidden_size", hidden_size)
+        _check_size("num_layers", num_layers)
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
+        self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
+        self.bidirectional, self.nonlinearity = bool(bidirectional), nonlinearity
+        self.num_directions = 2 if bidirectional else 1
+        self.dtype = _check_dtype(dtype)
+        rng = np.random.default_rng(seed)
+        self.dropout_seed = int(rng.integers(2**63))
+        self.dropout_stream = 0
+        H, G, k = self.hidden_size, self.gates, 1.0 / np.sqrt(self.hidden_size)
+        for layer in range(self.num_layers):
+            in_size = self.input_size if layer == 0 else H * self.num_directions
+            for suffix in self._suffixes:
+                shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, H)}
+                if self.bias:
+                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+                for name, shape in shapes.items():
+                    self.add_param(f"{name}_l{layer}{suffix}", rng.uniform(-k, k, shape).astype(self.dtype))
+        self._cache = None
+
+    @property
+    def _suffixes(self):
+        return ("", "_reverse")[: self.num_directions]
+
+    # -- validation -----------------------------------------------------------------------------
+    def _check_input(self, x, xp):
+        if not hasattr(x, "ndim") or x.ndim != 3:
+            layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
+            shape = getattr(x, "shape", type(x).__name__)
+            raise ValueError(f"x must be a 3-D array {layout}, got shape {shape}")
+        if x.shape[-1] != self.input_size:
+            raise _shape_error("x", x.shape, f"last dimension input_size={self.input_size}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {self.dtype}; "
+                            f"pass x.astype({self.dtype.name}) or build the layer with dtype={x.dtype.name}")
+        if 0 in x.shape:
+            raise _shape_error("x", x.shape, "at least one time step and one sequence")
+        if not bool(xp.isfinite(x).all()):
+            raise ValueError("x contains NaN or Inf values")
+
+    def _check_state(self, state, B, xp):
+        expected = (self.num_layers * self.num_directions, B, self.hidden_size)
+        parts = ("h0", "c0") if self.has_cell_state else ("h0",)
+        if state is None:
+            return tuple(xp.zeros(expected, self.dtype) for _ in parts)
+        if self.has_cell_state:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise ValueError(f"state must be a tuple (h0, c0) of arrays {expected}")
+        else:
+            state = (state,)
+        for name, s in zip(parts, state):
+            if not hasattr(s, "shape") or tuple(s.shape) != expected:
+                raise _shape_error(name, getattr(s, "shape", ()), expected)
+            if s.dtype != self.dtype:
+                raise TypeError(f"{name} has dtype {s.dtype}, expected {self.dtype}")
+            if not bool(xp.isfinite(s).all()):
+                raise ValueError(f"{name} contains NaN or Inf values")
+        return tuple(state)
+
+    @staticmethod
+    def _check_lengths(lengths, T, B):
+        """Returns host int64 lengths (B,), or None when every sequence has all T steps."""
+        if lengths is None:
+            return None
+        host = np.asarray(to_numpy(lengths))
+        if host.shape != (B,):
+            raise _shape_error("lengths", host.shape, f"({B},), one length per sequence")
+        if host.dtype.kind not in "iu":
+            raise TypeError(f"lengths must be integers, got dtype {host.dtype}")
+        if host.min() < 1 or host.max() > T:
+            raise ValueError(f"lengths must be in 1..T={T}, got values from {host.min()} to {host.max()}")
+        return host.astype(np.int64)
+
+    # -- kernels --------------------------------------------------------------------------------
+    def _weights(self, layer, suffix, xp):
+        p = self._params
+        w_ih, w_hh = p[f"weight_ih_l{layer}{suffix}"], p[f"weight_hh_l{layer}{suffix}"]
+        if self.bias:
+            return w_ih, w_hh, p[f"bias_ih_l{layer}{suffix}"], p[f"bias_hh_l{layer}{suffix}"]
+        zeros = xp.zeros(self.gates * self.hidden_size, self.dtype)
+        return w_ih, w_hh, zeros, zeros
+
+    def _run_forward(self, kernels, x, state, weights, lengths):
+        """One layer, one direction. state: tuple of (B, H). Returns y, final state tuple, cache."""
+        if self.cell == "lstm":
+            y, hT, cT, cache = kernels.lstm_forward(x, *state, *weights, lengths)
+            return y, (hT, cT), cache
+        if self.cell == "gru":
+            y, hT, cache = kernels.gru_forward(x, *state, *weights, lengths)
+        else:
+            y, hT, cache = kernels.rnn_forward(x, *state, *weights, lengths, self.nonlinearity)
+        return y, (hT,), cache
+
+    def _run_backward(self, kernels, dy, dstate, cache):
+        """Returns dx, dstate0 tuple, (dw_ih, dw_hh, db_ih, db_hh)."""
+        if self.cell == "lstm":
+            dx, dh0, dc0, *dw = kernels.lstm_backward(dy, *dstate, cache)
+            return dx, (dh0, dc0), dw
+        backward = kernels.gru_backward if self.cell == "gru" else kernels.rnn_backward
+        dx, dh0, *dw = backward(dy, *dstate, cache)
+        return dx, (dh0,), dw
+
+    # -- forward / backward -------------------------------------------------------------------
+    def forward(self, x, state=None, lengths=None):
+        """x: (T, B, I), or (B, T, I) with batch_first; state: h0 (D*L, B, H), or (h0, c0) for LSTM;
+        lengths: (B,) ints in 1..T or None. Returns y: (T, B, D*H) (or batch-first) and the final
+        state in the form of ``state``."""
+        be = get_backend(x, state)
+        xp = be.xp
+        self._check_input(x, xp)
+        if self.batch_first:
+            x = x.transpose(1, 0, 2)
+        T, B = x.shape[:2]
+        state = self._check_state(state, B, xp)
+        host_lengths = self._check_lengths(lengths, T, B)
+        lengths_dev = None if host_lengths is None else xp.asarray(host_lengths)
+        rev = None if host_lengths is None else _reverse_index(lengths_dev, T, B, xp)
+        caches, masks, finals = [], [], [[] for _ in state]
+        layer_in = xp.ascontiguousarray(x)
+        for layer in range(self.num_layers):
+            if layer > 0 and self.training and self.dropout > 0:
+                mask = dropout_mask(layer_in.shape, self.dropout, self.dropout_seed, self.dropout_stream, xp, self.dtype)
+                self.dropout_stream += 1
+                layer_in = layer_in * mask
+                masks.append(mask)
+            else:
+                masks.append(None)
+            outs = []
+            for d, suffix in enumerate(self._suffixes):
+                idx = layer * self.num_directions + d
+                inp = layer_in if d == 0 else xp.ascontiguousarray(_reverse(layer_in, rev, xp))
+                y_d, final, cache = self._run_forward(be.kernels, inp, tuple(s[idx] for s in state),
+                                                      self._weights(layer, suffix, xp), lengths_dev)
+                outs.append(y_d if d == 0 else _reverse(y_d, rev, xp))
+                caches.append(cache)
+                for acc, f in zip(finals, final):
+                    acc.append(f)
+            layer_in = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=2)
+        self._cache = (be, caches, masks, rev, B)
+        y = layer_in.transpose(1, 0, 2) if self.batch_first else layer_in
+        final_state = tuple(xp.stack(f) for f in finals)
+        return y, (final_state if self.has_cell_state else final_state[0])
+
+    def backward(self, dy, dstate=None):
+        """BPTT through the last forward. dy: like y; dstate: gradient of the final state (same
+        form as the state, None for zeros). Adds into ``grads``; returns dx (like x) and dstate0."""
+        if self._cache is None:
+            raise RuntimeError("backward() called before forward(); run the layer on an input first")
+        be, caches, masks, rev, B = self._cache
+        xp = be.xp
+        if get_backend(dy, dstate) is not be:
+            raise TypeError("dy and dstate must be on the same device as the forward input")
+        if self.batch_first:
+            dy = dy.transpose(1, 0, 2)
+        H, D = self.hidden_size, self.num_directions
+        T = dy.shape[0]
+        expected = (T, B, D * H)
+        if tuple(dy.shape) != expected:
+            raise _shape_error("dy", dy.shape, expected)
+        n_parts = 2 if self.has_cell_state else 1
+        if dstate is None:
+            dstate = (None,) * n_parts
+        elif not self.has_cell_state:
+            dstate = (dstate,)
+        dstate0 = [xp.zeros((self.num_layers * D, B, H), self.dtype) for _ in range(n_parts)]
+        dy = dy.astype(self.dtype, copy=False)
+        for layer in reversed(range(self.num_layers)):
+            dx_layer = None
+            for d, suffix in enumerate(self._suffixes):
+                idx = layer * D + d
+                dy_d = dy[:, :, d * H:(d + 1) * H]
+                if d == 1:
+                    dy_d = _reverse(dy_d, rev, xp)
+                dfinal = tuple(None if s is None else s[idx] for s in dstate)
+                dx_d, dinit, dw = self._run_backward(be.kernels, xp.ascontiguousarray(dy_d), dfinal, caches[idx])
+                if d == 1:
+                    dx_d = _reverse(dx_d, rev, xp)
+                dx_layer = dx_d if dx_layer is None else dx_layer + dx_d
+                for acc, g in zip(dstate0, dinit):
+                    acc[idx] = g
+                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
+                for name, g in zip(names, dw):
+                    self._grads[f"{name}_l{layer}{suffix}"] += g
+            if masks[layer] is not None:
+                dx_layer = dx_layer * masks[layer]
+            dy = dx_layer
+        dx = dy.transpose(1, 0, 2) if self.batch_first else dy
+        return dx, (tuple(dstate0) if self.has_cell_state else dstate0[0])
+
+    # -- reproducible dropout -------------------------------------------------------------------
+    def rng_state(self) -> dict:
+        return {"seed": self.dropout_seed, "stream": self.dropout_stream}
+
+    def set_rng_state(self, state: dict) -> None:
+        self.dropout_seed, self.dropout_stream = int(state["seed"]), int(state["stream"])
+
+    def __repr__(self):
+        extra = f", nonlinearity={self.nonlinearity!r}" if self.cell == "rnn" else ""
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+                f", bidirectional={self.bidirectional}, dropout={self.dropout}{extra}, dtype={self.dtype.name})")
+
+
+class RNN(_Recurrent):
+    """Elman RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act ``tanh`` or ``relu``."""
+
+    gates, cell = 1, "rnn"
+
+
+class LSTM(_Recurrent):
+    """LSTM, gate order i, f, g, o: ``c' = f*c + i*g``, ``h' = o*tanh(c')``. State is ``(h, c)``."""
+
+    gates, cell, has_cell_state = 4, "lstm", True
+
+    def __init__(self, *args, **kwargs):
+        if "nonlinearity" in kwargs:
+            raise TypeError("LSTM has no nonlinearity option")
+        super().__init__(*args, **kwargs)
+
+
+class GRU(_Recurrent):
+    """GRU, gate order r, z, n: ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``."""
+
+    gates, cell = 3, "gru"
+
+    def __init__(self, *args, **kwargs):
+        if "nonlinearity" in kwargs:
+            raise TypeError("GRU has no nonlinearity option")
+        super().__init__(*args, **kwargs)
+
+
+class _Cell(Module):
+    """One time step of a cell, with PyTorch's ``*Cell`` parameter names (``weight_ih``, ...).
+
+    It wraps a one-layer, one-direction layer and runs it for T=1, so it shares its kernels.
+    ``backward`` differentiates the last ``forward`` call.
+    """
+
+    layer_class = RNN
+
+    def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, **kwargs):
+        super().__init__()
+        self._layer = self.layer_class(input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **kwargs)
+        self.input_size, self.hidden_size, self.dtype = input_size, hidden_size, self._layer.dtype
+        for name in list(self._layer._params):
+            self._params[name[: -len("_l0")]] = self._layer._params[name]
+            self._grads[name[: -len("_l0")]] = self._layer._grads[name]
+
+    def _on_move(self, device):
+        for name in list(self._layer._params):
+            self._layer._params[name] = self._params[name[: -len("_l0")]]
+            self._layer._grads[name] = self._grads[name[: -len("_l0")]]
+
+    def forward(self, x, state=None):
+        """x: (B, I); state: h (B, H), or (h, c) for LSTMCell. Returns the new state."""
+        if not hasattr(x, "ndim") or x.ndim != 2:
+            raise ValueError(f"x must be a 2-D array (B, input_size), got shape {getattr(x, 'shape', None)}")
+        if state is not None:
+            state = tuple(s[None] for s in state) if isinstance(state, (tuple, list)) else state[None]
+        _, new = self._layer(x[None], state)
+        return tuple(s[0] for s in new) if isinstance(new, tuple) else new[0]
+
+    def backward(self, dstate):
+        """dstate: dh (B, H), or (dh, dc) for LSTMCell. Returns dx: (B, I) and the initial state's gradient."""
+        if isinstance(dstate, (tuple, list)):
+            dh = dstate[0]
+            dfinal = tuple(s[None] for s in dstate)
+        else:
+            dh, dfinal = dstate, dstate[None]
+        dy = get_backend(dh).xp.zeros((1,) + tuple(dh.shape), self.dtype)
+        dx, dinit = self._layer.backward(dy, dfinal)
+        return dx[0], (tuple(s[0] for s in dinit) if isinstance(dinit, tuple) else dinit[0])
+
+    def train(self, mode=True):
+        self._layer.train(mode)
+        return super().train(mode)
+
+
+class RNNCell(_Cell):
+    """One step of :class:`RNN` (``nonlinearity`` "tanh" or "relu")."""
+
+    layer_class = RNN
+
+
+class LSTMCell(_Cell):
+    """One step of :class:`LSTM`; state ``(h, c)``."""
+
+    layer_class = LSTM
+
+
+class GRUCell(_Cell):
+    """One step of :class:`GRU`."""
+
+    layer_class = GRU
