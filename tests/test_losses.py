@@ -1,0 +1,180 @@
+"""Losses: values and gradients against torch.nn.functional and central differences (float64)."""
+import numpy as np
+import pytest
+from test_layers import central_difference
+
+from rnnfast import losses
+
+
+def torch_loss_and_grad(torch, fn, pred, *args, **kwargs):
+    """torch's loss value and its gradient with respect to ``pred`` (a NumPy array)."""
+    t = torch.from_numpy(pred.copy()).requires_grad_()
+    out = fn(t, *args, **kwargs)
+    out.backward()
+    return out.item(), t.grad.numpy()
+
+
+# -- cross-entropy -----------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 4)])
+@pytest.mark.parametrize("ignore_index", [None, -100, 2])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_matches_torch(shape, ignore_index, reduction):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.default_rng(0)
+    V = 5
+    logits = rng.standard_normal(shape + (V,)) * 3
+    targets = rng.integers(0, V, shape)
+    if ignore_index == -100:
+        targets.reshape(-1)[::3] = -100
+    loss, dlogits = losses.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    # torch wants the class axis second
+    t_loss, t_grad = torch_loss_and_grad(
+        torch,
+        lambda t: F.cross_entropy(
+            t.reshape(-1, V), torch.from_numpy(targets.reshape(-1)),
+            ignore_index=-100 if ignore_index is None else ignore_index, reduction=reduction,
+        ),
+        logits,
+    )
+    if np.isnan(t_loss):  # every target ignored: torch gives NaN, rnnfast 0 with no gradient
+        assert loss == 0.0 and not dlogits.any()
+        return
+    assert loss == pytest.approx(t_loss, rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(dlogits, t_grad, rtol=1e-10, atol=1e-12)
+
+
+def test_cross_entropy_float32_matches_torch_and_keeps_dtype():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((6, 2, 11)).astype(np.float32)
+    targets = rng.integers(0, 11, (6, 2))
+    loss, dlogits = losses.cross_entropy(logits, targets)
+    t_loss, t_grad = torch_loss_and_grad(
+        torch, lambda t: torch.nn.functional.cross_entropy(t.reshape(-1, 11), torch.from_numpy(targets.reshape(-1))),
+        logits,
+    )
+    assert dlogits.dtype == np.float32 and isinstance(loss, float)
+    assert loss == pytest.approx(t_loss, rel=1e-5)
+    np.testing.assert_allclose(dlogits, t_grad.reshape(dlogits.shape), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_gradient_matches_central_differences(reduction):
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((3, 2, 4))
+    targets = np.array([[0, 3], [1, -1], [2, 2]])
+    _, dlogits = losses.cross_entropy(logits, targets, ignore_index=-1, reduction=reduction)
+    numeric = central_difference(
+        lambda: losses.cross_entropy(logits, targets, ignore_index=-1, reduction=reduction)[0], logits
+    )
+    np.testing.assert_allclose(dlogits, numeric, rtol=1e-6, atol=1e-9)
+    assert not dlogits[1, 1].any()  # the ignored position gets no gradient
+
+
+def test_cross_entropy_is_stable_for_huge_logits():
+    logits = np.array([[1e4, 0.0, -1e4], [-1e4, -1e4, -1e4 + 1.0]])
+    loss, dlogits = losses.cross_entropy(logits, np.array([1, 2]))
+    assert np.isfinite(loss) and np.isfinite(dlogits).all()
+    # sample 1 pays 1e4 nats, sample 2 pays log(2 e^-1 + 1)
+    assert loss == pytest.approx((1e4 + np.log1p(2 * np.exp(-1.0))) / 2)
+
+
+def test_cross_entropy_of_uniform_logits_is_log_v():
+    loss, dlogits = losses.cross_entropy(np.zeros((4, 65)), np.arange(4))
+    assert loss == pytest.approx(np.log(65))
+    np.testing.assert_allclose(dlogits.sum(axis=-1), 0, atol=1e-15)  # softmax minus one-hot sums to 0
+
+
+def test_cross_entropy_bad_input_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"logits have shape \(4, 3, 5\) and targets \(3, 4\)"):
+        losses.cross_entropy(np.zeros((4, 3, 5)), np.zeros((3, 4), int))
+    with pytest.raises(ValueError, match="integer class targets, got dtype float64"):
+        losses.cross_entropy(np.zeros((2, 5)), np.zeros(2))
+    with pytest.raises(ValueError, match=r"must lie in \[0, 5\).*got values in \[0, 5\]"):
+        losses.cross_entropy(np.zeros((2, 5)), np.array([0, 5]))
+    with pytest.raises(ValueError, match="unknown reduction 'avg'"):
+        losses.cross_entropy(np.zeros((2, 5)), np.array([0, 1]), reduction="avg")
+
+
+def test_softmax_matches_torch_and_survives_huge_logits():
+    torch = pytest.importorskip("torch")
+    logits = np.random.default_rng(3).standard_normal((3, 4, 6)) * 50
+    for axis in (-1, 1):
+        np.testing.assert_allclose(losses.softmax(logits, axis), torch.softmax(torch.from_numpy(logits), axis).numpy(),
+                                   rtol=1e-12, atol=1e-300)
+    p = losses.softmax(np.array([1e5, 1e5, -1e5]))
+    np.testing.assert_allclose(p, [0.5, 0.5, 0.0])
+
+
+# -- MSE and BCE -------------------------------------------------------------------------------
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_mse_matches_torch_and_central_differences(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(4)
+    pred, target = rng.standard_normal((5, 3)), rng.standard_normal((5, 3))
+    loss, dpred = losses.mse(pred, target, reduction)
+    t_loss, t_grad = torch_loss_and_grad(
+        torch, lambda t: torch.nn.functional.mse_loss(t, torch.from_numpy(target), reduction=reduction), pred
+    )
+    assert loss == pytest.approx(t_loss, rel=1e-12)
+    np.testing.assert_allclose(dpred, t_grad, rtol=1e-12)
+    np.testing.assert_allclose(dpred, central_difference(lambda: losses.mse(pred, target, reduction)[0], pred),
+                               rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_with_logits_matches_torch_and_central_differences(reduction):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    logits = rng.standard_normal((4, 6)) * 4
+    targets = rng.uniform(0, 1, (4, 6))
+    targets[0] = (targets[0] > 0.5).astype(float)  # hard and soft labels alike
+    loss, dlogits = losses.bce_with_logits(logits, targets, reduction)
+    t_loss, t_grad = torch_loss_and_grad(
+        torch,
+        lambda t: torch.nn.functional.binary_cross_entropy_with_logits(t, torch.from_numpy(targets), reduction=reduction),
+        logits,
+    )
+    assert loss == pytest.approx(t_loss, rel=1e-12)
+    np.testing.assert_allclose(dlogits, t_grad, rtol=1e-10, atol=1e-15)
+    numeric = central_difference(lambda: losses.bce_with_logits(logits, targets, reduction)[0], logits)
+    np.testing.assert_allclose(dlogits, numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_bce_with_logits_is_stable_for_huge_logits():
+    logits = np.array([1000.0, -1000.0, 1000.0, -1000.0], np.float32)
+    targets = np.array([1.0, 0.0, 0.0, 1.0], np.float32)
+    loss, dlogits = losses.bce_with_logits(logits, targets, "sum")
+    assert loss == pytest.approx(2000.0)  # two confident right answers cost 0, two wrong ones 1000 each
+    np.testing.assert_allclose(dlogits, [0.0, 0.0, 1.0, -1.0])
+    assert dlogits.dtype == np.float32
+
+
+@pytest.mark.parametrize("fn", [losses.mse, losses.bce_with_logits])
+def test_shape_mismatch_names_both_shapes(fn):
+    with pytest.raises(ValueError, match=r"shape \(3, 2\) but .* shape \(2, 3\)"):
+        fn(np.zeros((3, 2)), np.zeros((2, 3)))
+
+
+# -- GPU: CuPy arrays give the NumPy results --------------------------------------------------
+@pytest.mark.gpu
+def test_losses_on_gpu_match_cpu():
+    import cupy as cp
+
+    rng = np.random.default_rng(6)
+    logits, targets = rng.standard_normal((4, 3, 7)), rng.integers(0, 7, (4, 3))
+    targets[0, 0] = -100
+    x, y = rng.standard_normal((5, 2)), rng.uniform(0, 1, (5, 2))
+    cases = [
+        (losses.cross_entropy, (logits, targets), {"ignore_index": -100}),
+        (losses.mse, (x, y), {}),
+        (losses.bce_with_logits, (x, y), {"reduction": "sum"}),
+    ]
+    for fn, args, kwargs in cases:
+        loss_cpu, grad_cpu = fn(*args, **kwargs)
+        loss_gpu, grad_gpu = fn(*(cp.asarray(a) for a in args), **kwargs)
+        assert isinstance(grad_gpu, cp.ndarray)
+        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-12)
+        np.testing.assert_allclose(cp.asnumpy(grad_gpu), grad_cpu, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(cp.asnumpy(losses.softmax(cp.asarray(logits))), losses.softmax(logits), rtol=1e-12)
