@@ -16,3 +16,6 @@ from rnnfast.recurrent import GRU, LSTM, RNN, GRUCell, LSTMCell, RNNCell
 # -- each module's exports below: one block per module ---------------------------------------
 from rnnfast import losses, metrics, optim
 from rnnfast.layers import Dropout, Embedding, Linear
+from rnnfast import checkpoint, data, interop
+from rnnfast.checkpoint import load_checkpoint, save_checkpoint
+from rnnfast.data import StreamBatcher, Vocab
