@@ -46,7 +46,7 @@ def _json_default(value):
     """NumPy scalars and small arrays in ``meta`` become plain JSON numbers and lists."""
     if isinstance(value, (np.generic, np.ndarray)):
         return value.tolist()
-    raise TypeError(f"checkpoint meta holds a {type(value).__name__}, which JSON cannot store; "
+    raise TypeError(f"checkpoint meta holds a value of type {type(value).__name__}, which JSON cannot store; "
                     "put arrays in the tensors and keep meta to numbers, strings, lists and dicts")
 
 
@@ -65,7 +65,8 @@ def save_checkpoint(path, tensors: dict, meta: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise CheckpointError(f"cannot write a checkpoint in {path.parent} ({exc.strerror}); choose another --out") from None
+        raise CheckpointError(f"cannot write a checkpoint in {path.parent} ({exc.strerror}); "
+                              "choose another --out") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

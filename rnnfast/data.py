@@ -50,11 +50,12 @@ def read_text(path, encoding: str = "utf-8") -> str:
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read {p} ({exc.strerror}); check its permissions") from exc
+        raise DataError(f"cannot read {p} ({exc.strerror}); check its permissions") from None
     try:
         text = raw.decode(encoding)
     except LookupError:
-        raise DataError(f"unknown encoding {encoding!r}; use a Python codec name such as utf-8, latin-1 or utf-16") from None
+        raise DataError(f"unknown encoding {encoding!r}; "
+                        "use a Python codec name such as utf-8, latin-1 or utf-16") from None
     except UnicodeDecodeError as exc:
         bad = raw[exc.start : exc.start + 1]
         raise DataError(
@@ -64,7 +65,8 @@ def read_text(path, encoding: str = "utf-8") -> str:
     # Checked after decoding, so UTF-16 text (whose bytes are full of NULs) is not called binary.
     nul = text.find("\x00")
     if nul >= 0:
-        raise DataError(f"{p} looks like a binary file (NUL character at position {nul}); pass a text file, or {_ENCODING_HINT}")
+        raise DataError(f"{p} looks like a binary file (NUL character at position {nul}); "
+                        f"pass a text file, or {_ENCODING_HINT}")
     # Editors on Windows write a byte-order mark; it is not part of the text.
     text = text.removeprefix("\ufeff")
     if not text.strip():
@@ -157,7 +159,8 @@ class Vocab:
                 raise ValueError(f"unknown vocabulary kind {d['kind']!r}")
             return cls(d["chars"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"the checkpoint's vocabulary is malformed ({exc}); use a checkpoint written by rnnfast") from None
+            raise CheckpointError(f"the checkpoint's vocabulary is malformed ({exc}); "
+                                  "use a checkpoint written by rnnfast") from None
 
 
 # -- splits -----------------------------------------------------------------------------------
@@ -266,7 +269,7 @@ class StreamBatcher:
             )
         if not 0 <= state["batch_in_epoch"] < self.batches_per_epoch:
             raise CheckpointError(f"the checkpoint's data position {state['batch_in_epoch']} is out of range; "
-                                  "the checkpoint is damaged")
+                                  "the checkpoint is damaged; use another one")
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
 
 

@@ -34,8 +34,8 @@ def test_round_trip_tensors_and_meta(tmp_path):
     assert loaded.keys() == tensors.keys()
     for name, value in tensors.items():
         assert loaded[name].dtype == value.dtype and np.array_equal(loaded[name], value), name
-    assert loaded_meta == {"config": {"cell": "lstm", "hidden": 8, "sizes": [1, 2]}, "vocab": {"chars": ["a", "b", "月"]},
-                           "step": 7, "lr": 0.5, "rng": {"seed": 2**70}}
+    assert loaded_meta == {"config": {"cell": "lstm", "hidden": 8, "sizes": [1, 2]},  # tuples come back as lists
+                           "vocab": {"chars": ["a", "b", "月"]}, "step": 7, "lr": 0.5, "rng": {"seed": 2**70}}
     assert os.listdir(path.parent) == ["latest.safetensors"]
 
 
@@ -137,9 +137,10 @@ def test_model_and_optimizer_parts():
     tensors = join_tensors(model, optim)
     assert "optim/exp_avg.rnn.weight_ih_l0" in tensors
     assert model_tensors(tensors).keys() == model.keys()
-    assert model_tensors(tensors, "rnn").keys() == model_tensors(tensors, "rnn.").keys() == {"weight_ih_l0", "bias_hh_l0"}
+    assert model_tensors(tensors, "rnn").keys() == {"weight_ih_l0", "bias_hh_l0"}
+    assert model_tensors(tensors, "rnn.").keys() == {"weight_ih_l0", "bias_hh_l0"}
     assert optimizer_tensors(tensors).keys() == optim.keys()
-    with pytest.raises(CheckpointError, match=r"no model tensors under 'gru\.' \(it holds embed\.weight, .*another model"):
+    with pytest.raises(CheckpointError, match=r"no model tensors under 'gru\.' \(it holds embed\.weight, .*model\?"):
         model_tensors(tensors, "gru")
 
 

@@ -37,7 +37,8 @@ def test_read_text_with_another_encoding(tmp_path):
     (lambda d: d, r"is a directory; pass a file inside it"),
     (lambda d: write(d, "empty.txt", b""), r"empty\.txt is empty; pass a file with text in it"),
     (lambda d: write(d, "blank.txt", " \n\n"), r"is empty \(only whitespace\)"),
-    (lambda d: write(d, "bin.dat", b"ab\x00\x01\x02cd"), r"looks like a binary file \(NUL character at position 2\).*--encoding"),
+    (lambda d: write(d, "bin.dat", b"ab\x00\x01\x02cd"),
+     r"looks like a binary file \(NUL character at position 2\).*--encoding"),
     (lambda d: write(d, "img.png", b"\x89PNG\r\n\x1a\n\x00"), r"not valid utf-8 text \(byte 0x89 at offset 0\)"),
 ])
 def test_bad_text_files_are_one_line_data_errors(tmp_path, make, pattern):
