@@ -1,0 +1,288 @@
+"""What the GPU kernels of every cell share: the launch plan, the block's slice of the recurrent
+matmul, weight packing and the cooperative launcher.
+
+Launch cost decides the design. A numba.cuda launch costs tens to hundreds of microseconds of host
+time, more than a whole time step's arithmetic at the shapes RNNs run at, so the time loop runs on
+the GPU: one persistent, grid-synchronised kernel per layer, direction and pass. Each block owns a
+slice of ``units`` hidden units; per step it multiplies the previous state (forward) or the gate
+gradients (backward) by its slice of ``W_hh``, held in shared memory when it fits, applies the
+cell's fused pointwise math to its units, and waits at a grid-wide barrier. What does not depend on
+the previous step (the input projection, ``dx``, ``dW_ih``, ``dW_hh``, the bias gradients) is a
+large cuBLAS GEMM or CuPy reduction outside the kernel.
+
+The block's matmul ``out (rows, n) = a[b0:b0+rows] (rows, k) @ w (k, n)``:
+- ``w`` is packed per block, k-major (``w[k * n + col]``), so a thread's ``TN`` columns are
+  adjacent and the lanes of a warp, which share columns, read them as one broadcast.
+- ``a`` is staged ``kc`` columns at a time into shared memory, transposed (``a_s[kk, b]`` with a
+  row stride of ``rows_pad + 1``: the odd stride keeps the transposing store free of bank
+  conflicts), so lanes holding adjacent batch rows read adjacent words.
+- Each thread accumulates a ``TB x TN`` register tile over every ``ks``-th k; when the tiles are
+  too few to occupy the block (small batch, few units), ``ks`` > 1 splits k across threads and the
+  pointwise step sums the ``ks`` partials (:func:`partial_sum`).
+
+Everything here also runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays
+in place of CuPy: the simulator runs one block at a time, so the plan there is a single block,
+whose grid barrier is then exact.
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import config, cuda, typeof
+
+SIMULATOR = bool(config.ENABLE_CUDASIM)
+
+TB = 4  # batch rows per thread tile
+TN = 4  # output columns per thread tile
+KS_MAX = 16  # most ways k is split across threads
+KC = 32  # columns of ``a`` staged in shared memory at a time
+ROWS = None  # most batch rows per chunk (None: the whole batch when it fits)
+THREADS = 32 if SIMULATOR else 256
+
+
+def array_module(a):
+    """cupy for a CuPy array, else numpy (the simulator drives the kernels with NumPy arrays)."""
+    if type(a).__module__.startswith("cupy"):
+        import cupy
+
+        return cupy
+    return np
+
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one persistent kernel splits its work; every field is passed to the kernel as an int."""
+
+    units: int  # hidden units per block
+    blocks: int
+    n: int  # output columns per block, padded to TN
+    k: int  # reduction length of the block's matmul
+    rows: int  # batch rows per chunk (the batch is walked in chunks when its tile does not fit)
+    kc: int
+    ks: int
+    w_in_smem: int  # 1: the block's weights live in shared memory, 0: read from global memory
+    smem_words: int
+
+    def smem_bytes(self, itemsize):
+        return self.smem_words * itemsize
+
+
+def _smem_words(k, n, rows, kc, ks, w_in_smem):
+    rows_pad = _ceil(rows, TB) * TB
+    return w_in_smem * k * n + kc * (rows_pad + 1) + ks * rows_pad * n
+
+
+def _device_limits():
+    """(multiprocessors, shared memory bytes a block may opt in to)."""
+    if SIMULATOR:
+        return 1, 1 << 30
+    dev = cuda.get_current_device()
+    return dev.MULTIPROCESSOR_COUNT, dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+
+
+def make_plan(B, H, cols_per_unit, k, itemsize):
+    """Plan a kernel whose block matmul has ``cols_per_unit`` output columns per owned unit and
+    reduction length ``k``. Reads the module's KC and ROWS when called, so the simulator tests can
+    shrink them and walk every loop on tiny shapes."""
+    sms, smem_limit = _device_limits()
+    units = _ceil(H, min(sms, H))
+    blocks = _ceil(H, units)
+    n = _ceil(cols_per_unit * units, TN) * TN
+    kc = min(KC, k)
+    rows = min(ROWS or B, B)
+    while True:
+        tiles = _ceil(rows, TB) * (n // TN)
+        ks = max(1, min(KS_MAX, kc, THREADS // tiles))
+        for w_in_smem in (1, 0):
+            words = _smem_words(k, n, rows, kc, ks, w_in_smem)
+            if words * itemsize <= smem_limit and (w_in_smem or rows <= TB or rows * 2 < B):
+                return Plan(units, blocks, n, k, rows, kc, ks, w_in_smem, words)
+        if rows <= TB:
+            raise ValueError(f"hidden size {H} needs more shared memory per block than this GPU has")
+        # Halve the batch chunk, first to keep the weights in shared memory, then to fit at all.
+        rows = _ceil(rows, 2)
+
+
+def pack_forward_weights(xp, w_hh, G, plan):
+    """w_hh: (G*H, H) -> (blocks * H * n,): block q's column g*units + u holds row g*H + q*units + u."""
+    H = w_hh.shape[1]
+    U, blocks = plan.units, plan.blocks
+    w = xp.zeros((G, blocks * U, H), dtype=w_hh.dtype)
+    w[:, :H] = w_hh.reshape(G, H, H)
+    w = w.reshape(G, blocks, U, H).transpose(1, 3, 0, 2).reshape(blocks, H, G * U)
+    packed = xp.zeros((blocks, H, plan.n), dtype=w_hh.dtype)
+    packed[:, :, : G * U] = w
+    return packed.reshape(-1)
+
+
+def pack_backward_weights(xp, w_hh, plan):
+    """w_hh: (G*H, H) -> (blocks * G*H * n,): block q's column u holds column q*units + u of w_hh."""
+    GH, H = w_hh.shape
+    U, blocks = plan.units, plan.blocks
+    w = xp.zeros((GH, blocks * U), dtype=w_hh.dtype)
+    w[:, :H] = w_hh
+    packed = xp.zeros((blocks, GH, plan.n), dtype=w_hh.dtype)
+    packed[:, :, :U] = w.reshape(GH, blocks, U).transpose(1, 0, 2)
+    return packed.reshape(-1)
+
+
+@cuda.jit(device=True, inline=True)
+def sigmoid(x, one):
+    """Logistic sigmoid in the dtype of ``one`` (a literal 1.0 would promote float32 to float64)."""
+    return one / (one + math.exp(-x))
+
+
+@cuda.jit(device=True, inline=True)
+def tanh(x):
+    return math.tanh(x)
+
+
+@cuda.jit(device=True, inline=True)
+def load_weights(smem, w, w_len, w_in_smem):
+    """Copy this block's packed weights into the front of shared memory when the plan says so."""
+    if w_in_smem:
+        base = cuda.blockIdx.x * w_len
+        for idx in range(cuda.threadIdx.x, w_len, cuda.blockDim.x):
+            smem[idx] = w[base + idx]
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def _matmul(a, b0, rows, k_len, w, w_base, n, smem, a_off, p_off, kc, ks):
+    tid = cuda.threadIdx.x
+    nthreads = cuda.blockDim.x
+    tiles_b = (rows + TB - 1) // TB
+    rows_pad = tiles_b * TB
+    stride = rows_pad + 1
+    tiles = tiles_b * (n // TN)
+    acc = cuda.local.array(TB * TN, a.dtype)
+    a_reg = cuda.local.array(TB, a.dtype)
+    w_reg = cuda.local.array(TN, a.dtype)
+    for first in range(0, tiles * ks, nthreads):
+        slot = first + tid
+        tile = slot % tiles
+        split = slot // tiles
+        active = split < ks
+        tb = tile % tiles_b
+        col0 = (tile // tiles_b) * TN
+        for i in range(TB * TN):
+            acc[i] = 0
+        for k0 in range(0, k_len, kc):
+            # Padding rows are never staged: their sums land in padding and are never read.
+            width = min(kc, k_len - k0)
+            for idx in range(tid, rows * width, nthreads):
+                b = idx // width
+                kk = idx - b * width
+                smem[a_off + kk * stride + b] = a[b0 + b, k0 + kk]
+            cuda.syncthreads()
+            if active:
+                for kk in range(split, width, ks):
+                    a_row = a_off + kk * stride + tb
+                    w_row = w_base + (k0 + kk) * n + col0
+                    for i in range(TB):
+                        a_reg[i] = smem[a_row + i * tiles_b]
+                    for q in range(TN):
+                        w_reg[q] = w[w_row + q]
+                    for i in range(TB):
+                        for q in range(TN):
+                            acc[i * TN + q] += a_reg[i] * w_reg[q]
+            cuda.syncthreads()
+        if active:
+            for i in range(TB):
+                row = p_off + (split * rows_pad + tb + i * tiles_b) * n + col0
+                for q in range(TN):
+                    smem[row + q] = acc[i * TN + q]
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def block_matmul(a, b0, rows, k_len, w, n, smem, kc, ks, w_in_smem):
+    """This block's ``a[b0:b0+rows] (rows, k_len) @ w_block (k_len, n)``, left as ``ks`` partial
+    sums in shared memory for :func:`partial_sum`. a: (B, k_len) in global memory; w: the packed
+    weights of every block (used when they are not in shared memory). The partials stay readable
+    until the next call, which passes a block barrier before it overwrites them."""
+    w_len = k_len * n
+    a_off = w_in_smem * w_len
+    rows_pad = (rows + TB - 1) // TB * TB
+    p_off = a_off + kc * (rows_pad + 1)
+    if w_in_smem:
+        _matmul(a, b0, rows, k_len, smem, 0, n, smem, a_off, p_off, kc, ks)
+    else:
+        _matmul(a, b0, rows, k_len, w, cuda.blockIdx.x * w_len, n, smem, a_off, p_off, kc, ks)
+
+
+@cuda.jit(device=True, inline=True)
+def partial_sum(smem, b, col, rows, k_len, n, kc, ks, w_in_smem):
+    """Column ``col`` of chunk row ``b`` of the last :func:`block_matmul`."""
+    rows_pad = (rows + TB - 1) // TB * TB
+    p_off = w_in_smem * k_len * n + kc * (rows_pad + 1)
+    s = smem[p_off + b * n + col]
+    for split in range(1, ks):
+        s += smem[p_off + (split * rows_pad + b) * n + col]
+    return s
+
+
+_COMPILED = {}
+
+
+def _stream():
+    import cupy
+
+    ptr = cupy.cuda.get_current_stream().ptr
+    return cuda.external_stream(ptr) if ptr else cuda.default_stream()
+
+
+def launch(kernel, plan, *args):
+    """Launch ``kernel`` cooperatively as ``plan.blocks`` blocks over ``args`` (arrays and ints).
+
+    On the GPU, CuPy arrays are wrapped as Numba device arrays (Numba's own conversion of CuPy
+    arguments costs about three times as much), the compiled kernel is cached per argument types,
+    and its shared-memory opt-in (above the 48 KB default) is raised once.
+    """
+    if SIMULATOR:
+        kernel[plan.blocks, THREADS, 0, plan.smem_bytes(args[0].dtype.itemsize)](*args)
+        return
+    args = tuple(cuda.as_cuda_array(a) if hasattr(a, "__cuda_array_interface__") else a for a in args)
+    smem = plan.smem_bytes(args[0].dtype.itemsize)
+    sig = tuple(typeof(a) for a in args)
+    key = (kernel, sig)
+    entry = _COMPILED.get(key)
+    if entry is None:
+        compiled = kernel.compile(sig)
+        entry = _COMPILED[key] = [compiled, 0]
+    compiled, opted_in = entry
+    if smem > opted_in:
+        _opt_in_shared_memory(compiled, smem)
+        entry[1] = smem
+    if plan.blocks > compiled.max_cooperative_grid_blocks(THREADS, smem):
+        raise RuntimeError(
+            f"{plan.blocks} blocks of {THREADS} threads with {smem} bytes of shared memory cannot "
+            "all be resident at once on this GPU"
+        )
+    compiled.launch(args, (plan.blocks, 1, 1), (THREADS, 1, 1), _stream(), smem)
+
+
+def _opt_in_shared_memory(compiled, nbytes):
+    from cuda.bindings import driver
+
+    attr = driver.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+    device = driver.CUdevice(cuda.get_current_device().id)
+    (err,) = driver.cuKernelSetAttribute(attr, nbytes, compiled._codelibrary.get_cufunc().handle, device)
+    if err != driver.CUresult.CUDA_SUCCESS:
+        raise RuntimeError(f"cannot opt in to {nbytes} bytes of shared memory per block: {err}")
+
+
+def int32_lengths(xp, lengths, T, B):
+    """lengths as an int32 array on the device of ``xp`` (all T when None)."""
+    if lengths is None:
+        return xp.full(B, T, dtype=np.int32)
+    return xp.asarray(lengths).astype(np.int32)
+
+
+def contiguous(xp, *arrays):
+    return tuple(xp.ascontiguousarray(a) for a in arrays)
+
