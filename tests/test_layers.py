@@ -220,21 +220,22 @@ def test_dropout_bad_probability(p):
 
 # -- GPU: the same layers on CuPy arrays give the NumPy results ---------------------------------
 @pytest.mark.gpu
-def test_layers_on_gpu_match_cpu():
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_layers_on_gpu_match_cpu(dtype, tol):
     import cupy as cp
 
     rng = np.random.default_rng(8)
     ids = rng.integers(0, 9, (4, 3))
-    dy = rng.standard_normal((4, 3, 5))
-    cpu = [rf.Embedding(9, 6, dtype=np.float64, seed=0), rf.Linear(6, 5, dtype=np.float64, seed=1)]
-    gpu = [rf.Embedding(9, 6, dtype=np.float64, seed=0).to("gpu"), rf.Linear(6, 5, dtype=np.float64, seed=1).to("gpu")]
+    dy = rng.standard_normal((4, 3, 5)).astype(dtype)
+    cpu = [rf.Embedding(9, 6, dtype=dtype, seed=0), rf.Linear(6, 5, dtype=dtype, seed=1)]
+    gpu = [rf.Embedding(9, 6, dtype=dtype, seed=0).to("gpu"), rf.Linear(6, 5, dtype=dtype, seed=1).to("gpu")]
     drop_cpu, drop_gpu = rf.Dropout(0.5, seed=3), rf.Dropout(0.5, seed=3)
     y_cpu = drop_cpu(cpu[1](cpu[0](ids)))
     y_gpu = drop_gpu(gpu[1](gpu[0](cp.asarray(ids))))
-    assert isinstance(y_gpu, cp.ndarray)
-    np.testing.assert_allclose(cp.asnumpy(y_gpu), y_cpu, rtol=1e-12, atol=1e-12)
+    assert isinstance(y_gpu, cp.ndarray) and y_gpu.dtype == dtype
+    np.testing.assert_allclose(cp.asnumpy(y_gpu), y_cpu, rtol=tol, atol=tol)
     cpu[0].backward(cpu[1].backward(drop_cpu.backward(dy)))
     gpu[0].backward(gpu[1].backward(drop_gpu.backward(cp.asarray(dy))))
     for c, g in zip(cpu, gpu):
         for name in c.grads:
-            np.testing.assert_allclose(cp.asnumpy(g.grads[name]), c.grads[name], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(cp.asnumpy(g.grads[name]), c.grads[name], rtol=tol, atol=tol)

@@ -159,13 +159,14 @@ def test_shape_mismatch_names_both_shapes(fn):
 
 # -- GPU: CuPy arrays give the NumPy results --------------------------------------------------
 @pytest.mark.gpu
-def test_losses_on_gpu_match_cpu():
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+def test_losses_on_gpu_match_cpu(dtype, tol):
     import cupy as cp
 
     rng = np.random.default_rng(6)
-    logits, targets = rng.standard_normal((4, 3, 7)), rng.integers(0, 7, (4, 3))
+    logits, targets = rng.standard_normal((4, 3, 7)).astype(dtype), rng.integers(0, 7, (4, 3))
     targets[0, 0] = -100
-    x, y = rng.standard_normal((5, 2)), rng.uniform(0, 1, (5, 2))
+    x, y = rng.standard_normal((5, 2)).astype(dtype), rng.uniform(0, 1, (5, 2)).astype(dtype)
     cases = [
         (losses.cross_entropy, (logits, targets), {"ignore_index": -100}),
         (losses.mse, (x, y), {}),
@@ -174,7 +175,7 @@ def test_losses_on_gpu_match_cpu():
     for fn, args, kwargs in cases:
         loss_cpu, grad_cpu = fn(*args, **kwargs)
         loss_gpu, grad_gpu = fn(*(cp.asarray(a) for a in args), **kwargs)
-        assert isinstance(grad_gpu, cp.ndarray)
-        assert loss_gpu == pytest.approx(loss_cpu, rel=1e-12)
-        np.testing.assert_allclose(cp.asnumpy(grad_gpu), grad_cpu, rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(cp.asnumpy(losses.softmax(cp.asarray(logits))), losses.softmax(logits), rtol=1e-12)
+        assert isinstance(grad_gpu, cp.ndarray) and grad_gpu.dtype == dtype
+        assert loss_gpu == pytest.approx(loss_cpu, rel=tol)
+        np.testing.assert_allclose(cp.asnumpy(grad_gpu), grad_cpu, rtol=tol, atol=tol)
+    np.testing.assert_allclose(cp.asnumpy(losses.softmax(cp.asarray(logits))), losses.softmax(logits), rtol=tol)
