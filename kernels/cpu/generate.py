@@ -1,0 +1,180 @@
+"""Sampling from a character model on the CPU: the whole generation loop in one Numba call.
+
+Step by step, a stacked unidirectional RNN/LSTM/GRU reads one id per sequence, the output layer
+gives logits and one id is drawn per sequence by the rule of ``rnnfast.models.sample_from_logits``
+(its specification, followed exactly):
+
+1. ``top_k``: keep the logits >= the k-th largest (ties at the boundary stay);
+2. ``top_p``: with ``e = exp(logit - max)`` over the kept ids, visit them by descending ``e`` (ties
+   by ascending id), keeping each while the mass visited before it is ``< top_p * sum(e)``;
+3. ``temperature``: weights ``w = exp((logit - max) / temperature)`` on the kept ids (0: greedy,
+   the first largest logit);
+4. inverse CDF: the first id, in id order, whose running sum of ``w`` exceeds ``u * sum(w)``.
+
+Sampling is float64 as in the specification. Per step there is no Python, no allocation and no
+BLAS call: at the small batches of generation a hand-written matrix-vector product is cheaper than
+a call into the BLAS, and layer 0's input projection is a row lookup in ``embedding @ w_ih^T``,
+computed once per call.
+"""
+import numpy as np
+from numba import njit
+
+from rnnfast.kernels.cpu.activations import sigmoid, tanh
+
+CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
+GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+
+
+@njit(cache=True, fastmath=True)
+def _matvec_add(w, v, bias, out):
+    """out: (R,) = w: (R, K) @ v: (K,) + bias: (R,)."""
+    R, K = w.shape
+    for r in range(R):
+        acc = bias[r]
+        for k in range(K):
+            acc += w[r, k] * v[k]
+        out[r] = acc
+
+
+@njit(cache=True, fastmath=True)
+def _cell_update(cell, xg, hg, h, c):
+    """One cell step in place. xg: (G*H,) input part with b_ih (and b_hh except GRU's);
+    hg: (G*H,) recurrent part (GRU: with b_hh); h, c: (H,) (c unused but by the LSTM)."""
+    H = h.shape[0]
+    if cell == 2:
+        i_idx, f_idx, g_idx, o_idx = 0, H, 2 * H, 3 * H
+        for j in range(H):
+            i = sigmoid(xg[i_idx + j] + hg[i_idx + j])
+            f = sigmoid(xg[f_idx + j] + hg[f_idx + j])
+            g = tanh(xg[g_idx + j] + hg[g_idx + j])
+            o = sigmoid(xg[o_idx + j] + hg[o_idx + j])
+            c[j] = f * c[j] + i * g
+            h[j] = o * tanh(c[j])
+    elif cell == 3:
+        r_idx, z_idx, n_idx = 0, H, 2 * H
+        for j in range(H):
+            r = sigmoid(xg[r_idx + j] + hg[r_idx + j])
+            z = sigmoid(xg[z_idx + j] + hg[z_idx + j])
+            n = tanh(xg[n_idx + j] + r * hg[n_idx + j])
+            h[j] = (1 - z) * n + z * h[j]
+    elif cell == 1:
+        for j in range(H):
+            h[j] = max(xg[j] + hg[j], 0)
+    else:
+        for j in range(H):
+            h[j] = tanh(xg[j] + hg[j])
+
+
+@njit(cache=True)
+def _sample(logits, u, temperature, top_k, top_p, keep, e, order):
+    """One id from logits: (V,) float64 by the module docstring's rule; keep, e, order: (V,) scratch."""
+    V = logits.shape[0]
+    top = logits.max()
+    kth = -np.inf
+    if 0 < top_k < V:
+        kth = np.sort(logits)[V - top_k]
+    total = 0.0
+    for v in range(V):
+        keep[v] = logits[v] >= kth
+        e[v] = np.exp(logits[v] - top) if keep[v] else 0.0
+        total += e[v]
+    if top_p < 1.0:
+        order[:] = np.argsort(-e, kind="mergesort")
+        before = 0.0
+        for v in order:
+            if keep[v]:
+                keep[v] = before < top_p * total
+                before += e[v]
+    if temperature == 0:
+        best = -1
+        for v in range(V):
+            if keep[v] and (best < 0 or logits[v] > logits[best]):
+                best = v
+        return best
+    total = 0.0
+    for v in range(V):
+        e[v] = np.exp((logits[v] - top) / temperature) if keep[v] else 0.0
+        total += e[v]
+    target = u * total
+    running = 0.0
+    last = 0
+    for v in range(V):
+        if keep[v]:
+            running += e[v]
+            last = v
+            if running > target:
+                return v
+    return last
+
+
+@njit(cache=True)
+def _generate(cell, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms,
+              temperature, top_k, top_p, ids):
+    """emb_proj: (V, G*H) = embedding @ w_ih0^T + b_ih0 (+ b_hh0 unless GRU); w_ih: (L-1, G*H, H);
+    w_hh: (L, G*H, H); b_ih: (L, G*H) (layers above 0 use it); b_hh: (L, G*H) (0 where already in
+    emb_proj/b_ih, i.e. all but GRU's); w_out: (V, H); b_out: (V,); h, c: (L, B, H) updated in place;
+    prime: (B, P); uniforms: (B, N). Writes ids: (B, N)."""
+    L, B, H = h.shape
+    V = w_out.shape[0]
+    P = prime.shape[1]
+    N = uniforms.shape[1]
+    GH = w_hh.shape[1]
+    xg = np.empty(GH, dtype=h.dtype)
+    hg = np.empty(GH, dtype=h.dtype)
+    logits = np.empty(V, dtype=np.float64)
+    logits32 = np.empty(V, dtype=h.dtype)
+    keep = np.empty(V, dtype=np.bool_)
+    e = np.empty(V, dtype=np.float64)
+    order = np.empty(V, dtype=np.int64)
+    for b in range(B):
+        token = prime[b, 0]
+        for step in range(P - 1 + N):
+            for layer in range(L):
+                if layer == 0:
+                    xg[:] = emb_proj[token]
+                else:
+                    _matvec_add(w_ih[layer - 1], h[layer - 1, b], b_ih[layer], xg)
+                _matvec_add(w_hh[layer], h[layer, b], b_hh[layer], hg)
+                _cell_update(cell, xg, hg, h[layer, b], c[layer, b])
+            if step + 1 < P:
+                token = prime[b, step + 1]
+                continue
+            _matvec_add(w_out, h[L - 1, b], b_out, logits32)
+            logits[:] = logits32
+            n = step + 1 - P
+            token = _sample(logits, uniforms[b, n], temperature, top_k, top_p, keep, e, order)
+            ids[b, n] = token
+
+
+def generate(cell, weights, embedding, w_out, b_out, state, prime, uniforms, temperature=1.0, top_k=None,
+             top_p=None):
+    """Sample N ids per sequence from a stacked unidirectional recurrent character model.
+
+    cell: "rnn_tanh" | "rnn_relu" | "lstm" | "gru"; weights: per layer (w_ih: (G*H, I_l),
+    w_hh: (G*H, H), b_ih, b_hh: (G*H,)) with I_0 = E and I_l = H above; embedding: (V, E);
+    w_out: (V, H); b_out: (V,); state: tuple of (L, B, H) ((h, c) for the LSTM); prime: (B, P) ids,
+    P >= 1, read first: the first id drawn follows the last prime id; uniforms: (B, N) in [0, 1),
+    one per id drawn. temperature >= 0 (0 is greedy); top_k: int >= 1 or None; top_p: in (0, 1] or None.
+
+    Returns ids: (B, N) int64 and the final state (same form as ``state``).
+    """
+    code = CELLS[cell]
+    dtype = embedding.dtype
+    w_ih0, _, b_ih0, b_hh0 = weights[0]
+    GH, H = weights[0][1].shape
+    # Folding b_hh into the input side is exact for all but the GRU, where b_hn sits inside r * (.)
+    fold = cell != "gru"
+    emb_proj = (embedding @ w_ih0.T + b_ih0 + (b_hh0 if fold else 0)).astype(dtype)
+    w_ih = np.stack([w[0] for w in weights[1:]]).astype(dtype) if len(weights) > 1 else np.zeros((0, GH, H), dtype)
+    w_hh = np.stack([w[1] for w in weights]).astype(dtype)
+    b_ih = np.stack([w[2] + (w[3] if fold else 0) for w in weights]).astype(dtype)
+    b_hh = np.stack([np.zeros_like(w[3]) if fold else w[3] for w in weights]).astype(dtype)
+    h = np.array(state[0], dtype=dtype)
+    c = np.array(state[1], dtype=dtype) if cell == "lstm" else np.zeros_like(h)  # unread but by the LSTM
+    prime = np.ascontiguousarray(prime, dtype=np.int64)
+    uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
+    ids = np.empty(uniforms.shape, dtype=np.int64)
+    w_out, b_out = np.ascontiguousarray(w_out, dtype), np.ascontiguousarray(b_out, dtype)
+    _generate(code, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms, float(temperature),
+              0 if top_k is None else int(top_k), 1.0 if top_p is None else float(top_p), ids)
+    return ids, ((h, c) if cell == "lstm" else (h,))

@@ -1,0 +1,98 @@
+"""The compiled generation loop equals the plain step-by-step path on the same uniforms.
+
+The plain path is the reference cells (``kernels/cpu/reference.py``) one step at a time, the
+output layer in NumPy and ``rnnfast.models.sample_from_logits`` (the sampling specification).
+"""
+import numpy as np
+import pytest
+
+import rnnfast as rf
+from rnnfast.kernels.cpu import reference
+from rnnfast.kernels.cpu.generate import GATES, generate
+from rnnfast.models import sample_from_logits
+
+V, E, H, L, B, P, N = 11, 6, 8, 2, 3, 4, 40
+SETTINGS = [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(temperature=1.3, top_p=0.8),
+            dict(temperature=1.0, top_k=5, top_p=0.6), dict(temperature=0.0), dict(temperature=0.5, top_k=1)]
+
+
+def _model(cell, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    G = GATES[cell]
+    weights = [tuple(rng.uniform(-0.6, 0.6, shape).astype(dtype)
+                     for shape in ((G * H, E if layer == 0 else H), (G * H, H), (G * H,), (G * H,)))
+               for layer in range(L)]
+    embedding = rng.standard_normal((V, E)).astype(dtype)
+    w_out = rng.uniform(-1, 1, (V, H)).astype(dtype)
+    b_out = rng.uniform(-1, 1, V).astype(dtype)
+    state = tuple(rng.uniform(-0.5, 0.5, (L, B, H)).astype(dtype) for _ in range(2 if cell == "lstm" else 1))
+    return weights, embedding, w_out, b_out, state
+
+
+def _plain(cell, weights, embedding, w_out, b_out, state, prime, uniforms, **sampling):
+    state = [tuple(s[layer] for s in state) for layer in range(L)]
+    ids = np.empty(uniforms.shape, np.int64)
+    token = prime[:, 0]
+    for step in range(prime.shape[1] - 1 + uniforms.shape[1]):
+        x = embedding[token]
+        for layer, (w_ih, w_hh, b_ih, b_hh) in enumerate(weights):
+            if cell == "lstm":
+                new = reference.lstm_step(x, *state[layer], w_ih, w_hh, b_ih, b_hh)
+            elif cell == "gru":
+                new = (reference.gru_step(x, *state[layer], w_ih, w_hh, b_ih, b_hh),)
+            else:
+                new = (reference.rnn_step(x, *state[layer], w_ih, w_hh, b_ih, b_hh, cell.split("_")[1]),)
+            state[layer] = new
+            x = new[0]
+        if step + 1 < prime.shape[1]:
+            token = prime[:, step + 1]
+            continue
+        n = step + 1 - prime.shape[1]
+        token = sample_from_logits(x @ w_out.T + b_out, uniforms[:, n], **sampling).astype(np.int64)
+        ids[:, n] = token
+    final = tuple(np.stack([s[k] for s in state]) for k in range(len(state[0])))
+    return ids, final
+
+
+@pytest.mark.parametrize("sampling", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_generate_equals_plain_path(cell, sampling):
+    model = _model(cell, np.float64)
+    rng = np.random.default_rng(1)
+    prime = rng.integers(0, V, (B, P))
+    uniforms = rng.random((B, N))
+    ids, final = generate(cell, *model, prime, uniforms, **sampling)
+    want_ids, want_final = _plain(cell, *model, prime, uniforms, **sampling)
+    assert ids.dtype == np.int64 and ids.shape == (B, N)
+    np.testing.assert_array_equal(ids, want_ids)
+    for got, want in zip(final, want_final):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_generate_float32_and_prime_of_one(cell):
+    model = _model(cell, np.float32)
+    rng = np.random.default_rng(2)
+    prime = rng.integers(0, V, (B, 1))
+    uniforms = rng.random((B, N))
+    ids, final = generate(cell, *model, prime, uniforms, temperature=0.9, top_k=6)
+    want_ids, want_final = _plain(cell, *model, prime, uniforms, temperature=0.9, top_k=6)
+    np.testing.assert_array_equal(ids, want_ids)
+    for got, want in zip(final, want_final):
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_generate_matches_charrnn_sample(cell):
+    model = rf.models.CharRNN(vocab_size=V, hidden_size=H, num_layers=L, cell=cell, embedding_dim=E, seed=3)
+    prime = np.array([1, 4, 2])
+    want = model.sample(prime, N, temperature=0.8, top_p=0.9, seed=5)
+    p = model.params
+    weights = [tuple(p[f"rnn.{name}_l{layer}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+               for layer in range(L)]
+    state = tuple(np.zeros((L, 1, H), np.float32) for _ in range(2 if cell == "lstm" else 1))
+    uniforms = rf.random.uniform((1, N), 5, stream=0, dtype=np.float64)
+    ids, _ = generate("rnn_tanh" if cell == "rnn" else cell, weights, p["embed.weight"], p["head.weight"],
+                      p["head.bias"], state, prime[None], uniforms, temperature=0.8, top_p=0.9)
+    np.testing.assert_array_equal(ids[0], want[len(prime):])
