@@ -19,3 +19,5 @@ from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast import checkpoint, data, interop
 from rnnfast.checkpoint import load_checkpoint, save_checkpoint
 from rnnfast.data import StreamBatcher, Vocab
+from rnnfast import models
+from rnnfast.trainer import ArrayBatcher, Callback, History, JSONLLogger, ProgressBar, Trainer, fit

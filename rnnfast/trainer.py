@@ -1,0 +1,497 @@
+"""The training loop: steps, validation, checkpoints, early stopping, exact resume, and callbacks.
+
+    >>> import numpy as np, rnnfast as rf
+    >>> ids = np.tile(np.arange(5, dtype=np.int32), 200)
+    >>> model = rf.models.CharRNN(vocab_size=5, hidden_size=16, num_layers=1, seed=0)
+    >>> trainer = rf.Trainer(model, rf.optim.Adam(lr=1e-2), rf.data.StreamBatcher(ids, 4, 16), ids[:200],
+    ...                      eval_every=50)
+    >>> result = trainer.run(steps=100)
+    >>> result["stopped"], result["step"], result["best_val"] < 0.5
+    ('steps', 100, True)
+
+One step: ``model.zero_grad()`` -> ``model.train_step(batch)`` -> a check that the loss is finite
+(:class:`~rnnfast.errors.NonFiniteLossError` otherwise, leaving the last checkpoint as it was) ->
+clipping by global norm -> the schedule sets ``optimizer.lr`` -> ``optimizer.step(params, grads)``.
+Every ``eval_every`` steps and at the end the model is evaluated on the validation data and
+``latest.safetensors`` (and, when the validation loss improved, ``best.safetensors``) is written to
+``out_dir``. A checkpoint holds everything a resumed run needs to continue exactly as if it had never
+stopped: parameters, optimizer state, the hidden state carried between batches, the data position,
+the dropout streams and the trainer's counters.
+
+The loop prints nothing: progress goes to callbacks (:class:`Callback`; :class:`ProgressBar`,
+:class:`JSONLLogger` and :class:`History` are built in).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rnnfast import __version__
+from rnnfast.backend import get_array_module
+from rnnfast.checkpoint import join_tensors, load_checkpoint, optimizer_tensors, save_checkpoint
+from rnnfast.errors import CheckpointError, NonFiniteLossError
+from rnnfast.models import CARRY_PREFIX, load_weights
+from rnnfast.optim import Adam, clip_grad_norm
+
+STOP_REASONS = ("steps", "epochs", "time_budget", "early_stopping", "interrupted")
+
+
+class Callback:
+    """Hooks the trainer calls; override the ones you need. ``logs`` are dicts of plain floats/ints.
+
+    - ``on_step_end`` logs: step, epoch, loss, lr, grad_norm (before clipping), tokens, tokens_per_s,
+      elapsed (s), eta (s, or None when the end is unknown).
+    - ``on_eval_end`` logs: ``val_`` + each metric of ``model.evaluate`` (val_loss, ...), best_val_loss,
+      improved.
+    - ``on_checkpoint``: kind is "latest" or "best".
+    - ``on_train_end`` gets :meth:`Trainer.run`'s result.
+    """
+
+    def on_train_begin(self, trainer) -> None:
+        pass
+
+    def on_step_end(self, trainer, step: int, logs: dict) -> None:
+        pass
+
+    def on_eval_end(self, trainer, step: int, logs: dict) -> None:
+        pass
+
+    def on_checkpoint(self, trainer, path: Path, kind: str) -> None:
+        pass
+
+    def on_train_end(self, trainer, result: dict) -> None:
+        pass
+
+
+class ArrayBatcher:
+    """Shuffled minibatches from in-memory arrays, for SeqRegressor and SeqClassifier.
+
+    ``arrays``: a tuple of arrays sharing their first dimension N, such as ``(X, Y)`` or
+    ``(ids, lengths, labels)``; each batch is a tuple of the same arity with ``batch_size`` rows
+    (the last batch of an epoch may be smaller). The order within epoch ``e`` is a permutation fixed by
+    ``(seed, e)``, so the position (:meth:`state_dict`) is all a resumed run needs.
+    """
+
+    def __init__(self, arrays, batch_size: int, shuffle: bool = True, seed: int = 0):
+        self.arrays = tuple(np.asarray(a) if not hasattr(a, "shape") else a for a in arrays)
+        sizes = {len(a) for a in self.arrays}
+        if len(sizes) != 1:
+            raise ValueError(f"the arrays must have the same length, got lengths {sorted(sizes)}")
+        self.num_examples = sizes.pop()
+        if self.num_examples == 0 or batch_size < 1:
+            raise ValueError(f"need at least one example and batch_size >= 1, got {self.num_examples} and {batch_size}")
+        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self.batches_per_epoch = -(-self.num_examples // self.batch_size)
+        self.epoch = self.batch_in_epoch = 0
+        self._order = None  # (epoch, permutation) of the epoch being read
+
+    def next_batch(self) -> tuple:
+        if self._order is None or self._order[0] != self.epoch:
+            n = self.num_examples
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = (self.epoch, order)
+        start = self.batch_in_epoch * self.batch_size
+        index = self._order[1][start : start + self.batch_size]
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return tuple(a[index] for a in self.arrays)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple:
+        return self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "batch_size": self.batch_size,
+                "num_examples": self.num_examples, "seed": self.seed, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state["batch_size"], state["num_examples"])
+        if saved != (self.batch_size, self.num_examples):
+            raise CheckpointError(f"the checkpoint's data position is for batch_size {saved[0]} over {saved[1]} "
+                                  f"examples, not {self.batch_size} over {self.num_examples}; "
+                                  "resume with the same data and --batch-size")
+        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+
+
+@contextlib.contextmanager
+def _sigint_at_step_boundary():
+    """While training, a first Ctrl-C only asks the loop to stop after the current step, so the
+    checkpoint saved then is of whole steps (not of an optimizer update cut in half); a second
+    Ctrl-C interrupts at once. Outside the main thread signals cannot be caught; Ctrl-C then arrives
+    as a plain KeyboardInterrupt."""
+    flags = {"requested": False, "forced": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flags
+        return
+
+    def handler(signum, frame):
+        if flags["requested"]:
+            flags["forced"] = True
+            raise KeyboardInterrupt
+        flags["requested"] = True
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield flags
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+
+
+def _describe_schedule(schedule) -> dict | None:
+    if schedule is None:
+        return None
+    fields = dataclasses.asdict(schedule) if dataclasses.is_dataclass(schedule) else {}
+    return {"type": type(schedule).__name__, **fields}
+
+
+class Trainer:
+    """Trains ``model`` on batches drawn from ``train_data`` with ``optimizer``.
+
+    - ``train_data``: an iterator of batches the model's ``train_step`` takes (a StreamBatcher for a
+      CharRNN, an :class:`ArrayBatcher` for the others). If it has ``epoch`` the run can be limited
+      in epochs; ``batch_in_epoch == 0`` marks a new epoch, where the carried hidden state is reset;
+      ``state_dict()``/``load_state_dict()`` make its position part of the checkpoint.
+    - ``val_data``: whatever ``model.evaluate`` takes; None to skip validation (no best checkpoint).
+    - ``clip``: max global gradient norm; ``schedule``: anything with ``lr_at(step)``.
+    - ``early_stopping_patience``: stop after that many evaluations without a better validation loss.
+    - ``out_dir``: where ``latest.safetensors`` and ``best.safetensors`` go (None: no checkpoints).
+    - ``meta``: extra JSON-able entries for every checkpoint (the vocabulary, the task, a scaler).
+    - ``resume``: a checkpoint path to continue from (see :meth:`resume`).
+    """
+
+    def __init__(self, model, optimizer, train_data, val_data=None, *, clip: float | None = None, schedule=None,
+                 eval_every: int = 100, early_stopping_patience: int | None = None, out_dir=None,
+                 callbacks=(), meta: dict | None = None, resume=None):
+        if not isinstance(eval_every, (int, np.integer)) or eval_every < 1:
+            raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
+        if clip is not None and not clip > 0:
+            raise ValueError(f"clip must be > 0 (or None for no clipping), got {clip!r}")
+        if early_stopping_patience is not None and early_stopping_patience < 1:
+            raise ValueError(f"early_stopping_patience must be at least 1, got {early_stopping_patience!r}")
+        self.model, self.optimizer = model, optimizer
+        self.train_data, self.val_data = train_data, val_data
+        self.clip, self.schedule, self.eval_every = clip, schedule, int(eval_every)
+        self.early_stopping_patience = early_stopping_patience
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.callbacks = list(callbacks)
+        self.meta = dict(meta or {})
+        self.step = 0  # optimizer updates done
+        self.best_val = None  # best validation loss so far
+        self.best_step = None
+        self.evals_since_best = 0
+        self.last_eval_step = None
+        self.target_steps = None  # the step the current run() ends at, when known (for progress bars)
+        if resume is not None:
+            self.resume(resume)
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self, steps: int | None = None, epochs: int | None = None, time_budget: float | None = None) -> dict:
+        """Train until ``steps`` updates or ``epochs`` epochs in all (counted from the very start, so a
+        resumed run stops where the original would have), or ``time_budget`` seconds of this call,
+        whichever comes first; or until early stopping or Ctrl-C (which saves ``latest``).
+
+        Returns ``{"step", "epoch", "stopped", "losses" (this call's, one per step), "best_val",
+        "best_step", "val" (the last evaluation's metrics), "elapsed", "checkpoint" (latest's path)}``.
+        A NaN/Inf loss raises NonFiniteLossError and writes no checkpoint.
+        """
+        if steps is None and epochs is None and time_budget is None:
+            raise ValueError("say how long to train: give steps, epochs or time_budget")
+        if epochs is not None and not hasattr(self.train_data, "epoch"):
+            raise ValueError("epochs= needs training data that counts epochs (a StreamBatcher or ArrayBatcher)")
+        self.target_steps = self._target_steps(steps, epochs)
+        start = time.perf_counter()
+        run_start_step, tokens, losses, last_val, stopped = self.step, 0, [], None, None
+        self.model.train()
+        for cb in self.callbacks:
+            cb.on_train_begin(self)
+        with _sigint_at_step_boundary() as sigint:
+            try:
+                while stopped is None:
+                    stopped = self._stop_reason(steps, epochs, time_budget, time.perf_counter() - start)
+                    if stopped:
+                        break
+                    logs = self._one_step()
+                    losses.append(logs["loss"])
+                    tokens += logs["tokens"]
+                    elapsed = time.perf_counter() - start
+                    logs.update(tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0, elapsed=elapsed,
+                                eta=self._eta(elapsed / (self.step - run_start_step), elapsed, time_budget))
+                    for cb in self.callbacks:
+                        cb.on_step_end(self, self.step, logs)
+                    if self.step % self.eval_every == 0:
+                        last_val = self._evaluate_and_save()
+                        if self._patience_ran_out():
+                            stopped = "early_stopping"
+                    if sigint["requested"]:
+                        stopped = "interrupted"
+            except KeyboardInterrupt:
+                stopped = "interrupted"
+                if sigint["forced"]:
+                    # the second Ctrl-C may have cut an update in half: keep the last checkpoint as it is
+                    return self._finish(stopped, losses, last_val, start)
+            if stopped == "interrupted":
+                self._save("latest")
+            elif self.last_eval_step != self.step:
+                last_val = self._evaluate_and_save()
+        return self._finish(stopped, losses, last_val, start)
+
+    def _finish(self, stopped, losses, last_val, start) -> dict:
+        result = {"step": self.step, "epoch": getattr(self.train_data, "epoch", None), "stopped": stopped,
+                  "losses": losses, "best_val": self.best_val, "best_step": self.best_step, "val": last_val,
+                  "elapsed": time.perf_counter() - start,
+                  "checkpoint": None if self.out_dir is None else str(self.out_dir / "latest.safetensors")}
+        for cb in self.callbacks:
+            cb.on_train_end(self, result)
+        return result
+
+    def _one_step(self) -> dict:
+        data, model = self.train_data, self.model
+        if getattr(data, "batch_in_epoch", None) == 0 and hasattr(model, "reset_state"):
+            model.reset_state()  # the streams start over: the state carried so far belongs elsewhere
+        batch = next(data)
+        model.zero_grad()
+        out = model.train_step(batch)
+        loss, step = out["loss"], self.step + 1
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(self._non_finite_message(f"the loss is {loss} at step {step}"))
+        grads = model.grads
+        # with no clipping an infinite max_norm just measures the norm, for the logs and the check
+        grad_norm = clip_grad_norm(grads, self.clip if self.clip is not None else math.inf)
+        if not math.isfinite(grad_norm):
+            raise NonFiniteLossError(self._non_finite_message(f"the gradient norm is {grad_norm} at step {step}"))
+        if self.schedule is not None:
+            self.optimizer.lr = self.schedule.lr_at(self.step)
+        self.optimizer.step(model.params, grads)
+        self.step = step
+        return {"step": step, "epoch": getattr(data, "epoch", None), "loss": loss, "lr": float(self.optimizer.lr),
+                "grad_norm": grad_norm, "tokens": int(out.get("tokens", 0))}
+
+    def _non_finite_message(self, what: str) -> str:
+        kept = "no checkpoint was written" if self.out_dir is None else f"the last good checkpoint in {self.out_dir} is kept"
+        return f"{what}; training stopped and {kept}; lower the learning rate or set gradient clipping (clip / --clip)"
+
+    def _stop_reason(self, steps, epochs, time_budget, elapsed) -> str | None:
+        if steps is not None and self.step >= steps:
+            return "steps"
+        if epochs is not None and self.train_data.epoch >= epochs:
+            return "epochs"
+        if time_budget is not None and elapsed >= time_budget:
+            return "time_budget"
+        return None
+
+    def _target_steps(self, steps, epochs) -> int | None:
+        ends = [] if steps is None else [steps]
+        per_epoch = getattr(self.train_data, "batches_per_epoch", None)
+        if epochs is not None and per_epoch is not None:
+            done = self.train_data.epoch * per_epoch + self.train_data.batch_in_epoch
+            ends.append(self.step + max(0, epochs * per_epoch - done))
+        return min(ends) if ends else None
+
+    def _eta(self, seconds_per_step, elapsed, time_budget) -> float | None:
+        etas = [] if time_budget is None else [max(0.0, time_budget - elapsed)]
+        if self.target_steps is not None:
+            etas.append(max(0, self.target_steps - self.step) * seconds_per_step)
+        return min(etas) if etas else None
+
+    def _patience_ran_out(self) -> bool:
+        patience = self.early_stopping_patience
+        return patience is not None and self.val_data is not None and self.evals_since_best >= patience
+
+    # -- evaluation and checkpoints -------------------------------------------------------------
+    def _evaluate_and_save(self) -> dict | None:
+        self.last_eval_step = self.step
+        if self.val_data is None:
+            self._save("latest")
+            return None
+        val = self.model.evaluate(self.val_data)
+        loss = val["loss"]
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(self._non_finite_message(f"the validation loss is {loss} at step {self.step}"))
+        improved = self.best_val is None or loss < self.best_val
+        if improved:
+            self.best_val, self.best_step, self.evals_since_best = loss, self.step, 0
+        else:
+            self.evals_since_best += 1
+        self._save("latest")
+        if improved:
+            self._save("best")
+        logs = {f"val_{k}": v for k, v in val.items()}
+        logs.update(best_val_loss=self.best_val, improved=improved)
+        for cb in self.callbacks:
+            cb.on_eval_end(self, self.step, logs)
+        return val
+
+    def _save(self, kind: str) -> None:
+        if self.out_dir is None:
+            return
+        params = self.model.params
+        for name, p in params.items():
+            if not bool(get_array_module(p).isfinite(p).all()):
+                raise NonFiniteLossError(self._non_finite_message(f"parameter {name} holds NaN/Inf at step {self.step}"))
+        optim_state = self.optimizer.state_dict()
+        tensors = join_tensors(self.model.state_dict(), optim_state.pop("state"))
+        tensors.update({CARRY_PREFIX + k: v for k, v in self.model.carried_state().items()})
+        meta = {
+            **self.meta,
+            "model": self.model.config(),
+            "optimizer": optim_state,
+            "schedule": _describe_schedule(self.schedule),
+            "trainer": {"step": self.step, "best_val": self.best_val, "best_step": self.best_step,
+                        "evals_since_best": self.evals_since_best, "last_eval_step": self.last_eval_step},
+            "data": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,
+            "rng": self.model.rng_state(),
+            "rnnfast_version": __version__,
+        }
+        path = self.out_dir / f"{kind}.safetensors"
+        save_checkpoint(path, tensors, meta)
+        for cb in self.callbacks:
+            cb.on_checkpoint(self, path, kind)
+
+    def resume(self, path) -> dict:
+        """Continue from a checkpoint this trainer's kind wrote: parameters, optimizer state (its
+        hyper-parameters included), carried hidden state, data position, dropout streams and counters.
+        The model must have the checkpoint's configuration (a CheckpointError says so otherwise).
+        Entries of the checkpoint's meta that the trainer did not write itself (the vocabulary, ...)
+        are kept for later checkpoints unless ``meta`` gives them. Returns the checkpoint's meta."""
+        tensors, meta = load_checkpoint(path)
+        saved = meta.get("model")
+        if not isinstance(saved, dict) or "trainer" not in meta:
+            raise CheckpointError(f"{path} was not written by rnnfast's trainer; resume from a run's latest.safetensors")
+        ours = self.model.config()
+        differ = sorted(k for k in set(saved) | set(ours) if k != "seed" and saved.get(k) != ours.get(k))
+        if differ:
+            shown = ", ".join(f"{k}={saved.get(k)!r} (this model: {ours.get(k)!r})" for k in differ[:3])
+            raise CheckpointError(f"{path} is for another model: {shown}; build the model with the checkpoint's "
+                                  "settings (rnnfast.models.from_config(meta['model']))")
+        load_weights(self.model, tensors, str(path))
+        self.model.set_rng_state(meta["rng"])
+        self.model.set_carried_state({k[len(CARRY_PREFIX):]: v for k, v in tensors.items() if k.startswith(CARRY_PREFIX)})
+        try:
+            self.optimizer.load_state_dict({**meta["optimizer"], "state": optimizer_tensors(tensors)})
+        except ValueError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+        self.optimizer.to(self.model.device)
+        if meta.get("data") is not None and hasattr(self.train_data, "load_state_dict"):
+            self.train_data.load_state_dict(meta["data"])
+        counters = meta["trainer"]
+        self.step, self.best_val, self.best_step = counters["step"], counters["best_val"], counters["best_step"]
+        self.evals_since_best, self.last_eval_step = counters["evals_since_best"], counters["last_eval_step"]
+        own_keys = {"model", "optimizer", "schedule", "trainer", "data", "rng", "rnnfast_version"}
+        for key, value in meta.items():
+            if key not in own_keys:
+                self.meta.setdefault(key, value)
+        return meta
+
+
+def fit(model, train_data, val_data=None, *, optimizer=None, lr: float = 1e-3, steps: int | None = None,
+        epochs: int | None = None, time_budget: float | None = None, **trainer_kwargs) -> dict:
+    """Train in one call: an Adam(lr) optimizer unless one is given, a :class:`Trainer` with
+    ``trainer_kwargs`` (clip, schedule, out_dir, callbacks, resume, ...), then :meth:`Trainer.run`'s result."""
+    trainer = Trainer(model, optimizer if optimizer is not None else Adam(lr=lr), train_data, val_data,
+                      **trainer_kwargs)
+    return trainer.run(steps=steps, epochs=epochs, time_budget=time_budget)
+
+
+# -- built-in callbacks -----------------------------------------------------------------------------
+
+class History(Callback):
+    """Keeps every step's and evaluation's logs in lists (for tests, notebooks and plots)."""
+
+    def __init__(self):
+        self.steps, self.losses, self.lrs, self.grad_norms = [], [], [], []
+        self.val_steps, self.val_losses, self.val_logs = [], [], []
+        self.checkpoints: list[tuple[str, str]] = []
+        self.result = None
+
+    def on_step_end(self, trainer, step, logs):
+        self.steps.append(step)
+        self.losses.append(logs["loss"])
+        self.lrs.append(logs["lr"])
+        self.grad_norms.append(logs["grad_norm"])
+
+    def on_eval_end(self, trainer, step, logs):
+        self.val_steps.append(step)
+        self.val_losses.append(logs["val_loss"])
+        self.val_logs.append(dict(logs))
+
+    def on_checkpoint(self, trainer, path, kind):
+        self.checkpoints.append((kind, str(path)))
+
+    def on_train_end(self, trainer, result):
+        self.result = result
+
+
+class JSONLLogger(Callback):
+    """Appends one JSON object per line to ``path``: ``{"event": "step" | "eval" | "checkpoint" | "end", ...}``
+    with the logs of that event (a resumed run appends to the same file)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._file = None
+
+    def _write(self, record: dict) -> None:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # a crash or Ctrl-C must not lose the lines already logged
+
+    def on_step_end(self, trainer, step, logs):
+        self._write({"event": "step", **logs, "time": time.time()})
+
+    def on_eval_end(self, trainer, step, logs):
+        self._write({"event": "eval", "step": step, **logs, "time": time.time()})
+
+    def on_checkpoint(self, trainer, path, kind):
+        self._write({"event": "checkpoint", "step": trainer.step, "kind": kind, "path": str(path), "time": time.time()})
+
+    def on_train_end(self, trainer, result):
+        summary = {k: v for k, v in result.items() if k != "losses"}
+        self._write({"event": "end", **summary, "time": time.time()})
+        self._file.close()
+        self._file = None
+
+
+class ProgressBar(Callback):
+    """A tqdm bar: step (of the total when known), loss, validation loss, tokens/s and ETA.
+    ``kwargs`` go to ``tqdm`` (e.g. ``file=``, ``disable=``)."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self._bar = None
+        self._val = None
+
+    def on_train_begin(self, trainer):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=trainer.target_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+                         **self.kwargs)
+        self._val = trainer.best_val
+
+    def on_step_end(self, trainer, step, logs):
+        postfix = {"loss": f"{logs['loss']:.4f}"}
+        if self._val is not None:
+            postfix["val"] = f"{self._val:.4f}"
+        postfix["tok/s"] = f"{logs['tokens_per_s']:,.0f}"
+        if logs["eta"] is not None:
+            postfix["eta"] = time.strftime("%H:%M:%S", time.gmtime(logs["eta"]))
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(1)
+
+    def on_eval_end(self, trainer, step, logs):
+        self._val = logs["val_loss"]
+
+    def on_train_end(self, trainer, result):
+        self._bar.close()
