@@ -34,6 +34,7 @@ SIMULATOR = bool(config.ENABLE_CUDASIM)
 
 TB = 4  # batch rows per thread tile
 TN = 4  # output columns per thread tile
+TILE = TB * TN  # a module constant: Numba sizes local arrays from constants only
 KS_MAX = 16  # most ways k is split across threads
 KC = 32  # columns of ``a`` staged in shared memory at a time
 ROWS = None  # most batch rows per chunk (None: the whole batch when it fits)
@@ -159,7 +160,7 @@ def _matmul(a, b0, rows, k_len, w, w_base, n, smem, a_off, p_off, kc, ks):
     rows_pad = tiles_b * TB
     stride = rows_pad + 1
     tiles = tiles_b * (n // TN)
-    acc = cuda.local.array(TB * TN, a.dtype)
+    acc = cuda.local.array(TILE, a.dtype)
     a_reg = cuda.local.array(TB, a.dtype)
     w_reg = cuda.local.array(TN, a.dtype)
     for first in range(0, tiles * ks, nthreads):
@@ -169,7 +170,7 @@ def _matmul(a, b0, rows, k_len, w, w_base, n, smem, a_off, p_off, kc, ks):
         active = split < ks
         tb = tile % tiles_b
         col0 = (tile // tiles_b) * TN
-        for i in range(TB * TN):
+        for i in range(TILE):
             acc[i] = 0
         for k0 in range(0, k_len, kc):
             # Padding rows are never staged: their sums land in padding and are never read.
