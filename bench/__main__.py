@@ -1,0 +1,32 @@
+"""``python -m rnnfast.bench [--full] [--json PATH] [--cells CELL ...] [--repeats N] [--device cpu|gpu]``."""
+import argparse
+import json
+import sys
+
+from rnnfast.bench import format_table, run_bench
+from rnnfast.bench.scenarios import CELLS
+
+
+def _progress(row):
+    name = row.get("scenario", "machine")
+    print(f"  {name}: {row.get('error', 'done')}", file=sys.stderr, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m rnnfast.bench", description=__doc__)
+    parser.add_argument("--full", action="store_true", help="every scenario, not the quick set")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--cells", nargs="+", choices=CELLS + ("rnn",), help="only these cells")
+    parser.add_argument("--repeats", type=int, help="timed rounds per scenario (median reported)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    args = parser.parse_args(argv)
+    results = run_bench(full=args.full, device=args.device, cells=args.cells, repeats=args.repeats,
+                        progress=_progress)
+    print(format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,359 @@
+"""Times rnnfast against PyTorch on the same shapes, in the same process, after checking they agree.
+
+Method, for every timed scenario:
+
+1. Build the rnnfast layer and the PyTorch layer with the same weights and inputs and check
+   outputs, final states, input gradients and every weight gradient agree (error relative to the
+   largest magnitude of PyTorch's result, ``TOLERANCE`` per dtype). A disagreement stops that
+   scenario: a fast wrong answer is not a result.
+2. Warm up both (Numba compiles or loads its cache; oneDNN builds its primitives), and pick an
+   inner loop count so one measurement lasts at least ``MIN_SAMPLE_S``.
+3. Time the two alternately (the order flips every round), ``repeats`` rounds, and report medians.
+
+``ratio`` is PyTorch time / rnnfast time (above 1: rnnfast is faster). GFLOP/s counts the GEMM
+work (forward ``2*T*B*G*H*(I+H)`` per layer and direction, backward twice that) and is set against
+the SGEMM rate of this machine measured at the start of the run, through the BLAS rnnfast calls
+inside Numba (SciPy's OpenBLAS) and, when it is a different library, NumPy's.
+
+PyTorch is optional: without it the rnnfast times are reported alone.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import numpy as np
+
+import rnnfast as rf
+from rnnfast.bench.scenarios import Scenario, select
+
+try:
+    import torch
+except ImportError:  # rnnfast-only numbers
+    torch = None
+
+TOLERANCE = {"float32": 2e-3, "float64": 1e-9}
+MIN_SAMPLE_S = 0.02
+QUICK_REPEATS, FULL_REPEATS = 5, 9
+GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+# -- machine ------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import numba
+    import scipy
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
+            "env": {k: v for k, v in sorted(os.environ.items())
+                    if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_"))}}
+    if torch is not None:
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads())
+    return info
+
+
+def _numba_sgemm():
+    from numba import njit
+
+    @njit(cache=True)
+    def dot_into(a, b, out):
+        np.dot(a, b, out)
+
+    return dot_into
+
+
+def sgemm_rate(n: int = 2048, repeats: int = 7) -> dict:
+    """GFLOP/s of an (n, n) @ (n, n) float32 GEMM: median over ``repeats``, per BLAS."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    numba_dot = _numba_sgemm()
+    calls = {"numba (SciPy OpenBLAS)": lambda: numba_dot(a, b, out),
+             "numpy": lambda: np.matmul(a, b, out=out)}
+    rates = {}
+    for name, call in calls.items():
+        call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        rates[name] = 2 * n**3 / float(np.median(times)) / 1e9
+    return rates
+
+
+# -- timing -------------------------------------------------------------------------------------
+def _inner_count(fn) -> int:
+    start = time.perf_counter()
+    fn()
+    once = time.perf_counter() - start
+    return max(1, int(np.ceil(MIN_SAMPLE_S / max(once, 1e-7))))
+
+
+def _sample(fn, inner) -> float:
+    start = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - start) / inner
+
+
+def time_alternating(fns: dict, repeats: int) -> dict:
+    """Median seconds per call of each function in ``fns``, timed in alternating rounds."""
+    for fn in fns.values():  # warm-up
+        fn()
+        fn()
+    inner = {name: _inner_count(fn) for name, fn in fns.items()}
+    samples = {name: [] for name in fns}
+    names = list(fns)
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            samples[name].append(_sample(fns[name], inner[name]))
+    return {name: float(np.median(s)) for name, s in samples.items()}
+
+
+def _rel_err(ours, ref) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+# -- recurrent layers ---------------------------------------------------------------------------
+def _layer_flops(s: Scenario) -> float:
+    G, D = GATES[s.cell], s.directions
+    total = 0.0
+    for layer in range(s.layers):
+        in_size = s.I if layer == 0 else D * s.H
+        total += D * 2.0 * s.T * s.B * G * s.H * (in_size + s.H)
+    return total
+
+
+def _build_layers(s: Scenario):
+    dtype = np.dtype(s.dtype)
+    kind, nonlinearity = (s.cell.split("_") + ["tanh"])[:2]
+    cls = {"lstm": rf.LSTM, "gru": rf.GRU, "rnn": rf.RNN}[kind]
+    kwargs = {"nonlinearity": nonlinearity} if kind == "rnn" else {}
+    ours = cls(s.I, s.H, num_layers=s.layers, bidirectional=s.directions == 2, dtype=dtype, seed=0, **kwargs)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((s.T, s.B, s.I)).astype(dtype)
+    dy = rng.standard_normal((s.T, s.B, s.directions * s.H)).astype(dtype)
+    ref = None
+    if torch is not None:
+        tcls = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[kind]
+        ref = tcls(s.I, s.H, num_layers=s.layers, bidirectional=s.directions == 2, **kwargs)
+        ref = ref.to(torch.float64 if dtype == np.float64 else torch.float32)
+        ref.load_state_dict({k: torch.from_numpy(v) for k, v in ours.state_dict().items()})
+    return ours, ref, x, dy
+
+
+def _check_layers(ours, ref, x, dy, tol) -> float:
+    """Largest relative error over y, final state, dx and every weight gradient; raises past tol."""
+    ours.zero_grad()
+    y, state = ours(x)
+    dx, _ = ours.backward(dy)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    ref.zero_grad()
+    yt, state_t = ref(xt)
+    yt.backward(torch.from_numpy(dy))
+    pairs = {"y": (y, yt), "dx": (dx, xt.grad)}
+    state, state_t = (state, state_t) if isinstance(state, tuple) else ((state,), (state_t,))
+    pairs.update({f"state{i}": p for i, p in enumerate(zip(state, state_t))})
+    named = dict(ref.named_parameters())
+    pairs.update({f"d{k}": (g, named[k].grad) for k, g in ours.grads.items()})
+    errors = {k: _rel_err(a, b.detach().numpy()) for k, (a, b) in pairs.items()}
+    worst = max(errors, key=errors.get)
+    if errors[worst] > tol:
+        raise AssertionError(f"rnnfast and PyTorch disagree on {worst}: relative error {errors[worst]:.2e} > {tol}")
+    return errors[worst]
+
+
+def bench_layer(s: Scenario, repeats: int) -> dict:
+    ours, ref, x, dy = _build_layers(s)
+    result = {}
+    if ref is not None:
+        result["max_rel_err"] = _check_layers(ours, ref, x, dy, TOLERANCE[s.dtype])
+
+    def ours_fwd():
+        ours(x)
+
+    def ours_step():
+        ours(x)
+        ours.backward(dy)
+
+    fns = {"rnnfast_fwd": ours_fwd}
+    if s.kind == "fwd+bwd":
+        fns["rnnfast"] = ours_step
+    if ref is not None:
+        xt = torch.from_numpy(x).requires_grad_(True)
+        dyt = torch.from_numpy(dy)
+
+        def torch_fwd():
+            with torch.no_grad():
+                ref(xt)
+
+        def torch_step():
+            ref.zero_grad(set_to_none=True)
+            xt.grad = None
+            yt, _ = ref(xt)
+            yt.backward(dyt)
+
+        fns["torch_fwd"] = torch_fwd
+        if s.kind == "fwd+bwd":
+            fns["torch"] = torch_step
+    times = time_alternating(fns, repeats)
+    flops = _layer_flops(s)
+    result["fwd_ms"] = times["rnnfast_fwd"] * 1e3
+    result["fwd_gflops"] = flops / times["rnnfast_fwd"] / 1e9
+    if ref is not None:
+        result["torch_fwd_ms"] = times["torch_fwd"] * 1e3
+        result["fwd_ratio"] = times["torch_fwd"] / times["rnnfast_fwd"]
+    if s.kind == "fwd+bwd":
+        result["ms"] = times["rnnfast"] * 1e3
+        result["gflops"] = 3 * flops / times["rnnfast"] / 1e9
+        if ref is not None:
+            result["torch_ms"] = times["torch"] * 1e3
+            result["ratio"] = times["torch"] / times["rnnfast"]
+    else:
+        result.update(ms=result["fwd_ms"], gflops=result["fwd_gflops"])
+        if ref is not None:
+            result.update(torch_ms=result["torch_fwd_ms"], ratio=result["fwd_ratio"])
+    return result
+
+
+# -- generation ---------------------------------------------------------------------------------
+def bench_generate(s: Scenario, repeats: int) -> dict:
+    from rnnfast.bench.generation import build_char_model, rnnfast_sampler, torch_sampler
+
+    model = build_char_model(s)
+    ours = rnnfast_sampler(model, s.chars)
+    result = {}
+    fns = {"rnnfast": ours}
+    if torch is not None:
+        theirs, agreement = torch_sampler(model, s.chars)
+        result["id_agreement"] = agreement
+        fns["torch"] = theirs
+    times = time_alternating(fns, repeats)
+    result["ms"] = times["rnnfast"] * 1e3
+    result["us_per_char"] = times["rnnfast"] / s.chars * 1e6
+    if torch is not None:
+        result["torch_ms"] = times["torch"] * 1e3
+        result["torch_us_per_char"] = times["torch"] / s.chars * 1e6
+        result["ratio"] = times["torch"] / times["rnnfast"]
+    return result
+
+
+# -- the run ------------------------------------------------------------------------------------
+def _run_scenario(s: Scenario, repeats: int) -> dict:
+    if s.kind in ("fwd", "fwd+bwd"):
+        return bench_layer(s, repeats)
+    if s.kind == "generate":
+        return bench_generate(s, repeats)
+    if s.kind == "memory":
+        from rnnfast.bench.memory import bench_memory
+        return bench_memory(s, torch is not None)
+    if s.kind == "cold-generate":
+        from rnnfast.bench.generation import bench_cold_generate
+        return bench_cold_generate(s)
+    raise ValueError(f"unknown scenario kind {s.kind!r}")
+
+
+def _gpu_runner():
+    try:
+        from rnnfast.bench import gpu_check
+    except ImportError as exc:
+        raise RuntimeError(f"the GPU benchmark is not available: {exc}") from exc
+    runner = getattr(gpu_check, "run_gpu_bench", None)
+    if runner is None:
+        raise RuntimeError("rnnfast.bench.gpu_check has no run_gpu_bench(full, cells, repeats); "
+                           "the GPU benchmark is not wired up yet")
+    return runner
+
+
+def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None, progress=None) -> list[dict]:
+    """Run the quick (or ``full``) scenario set and return one dict per scenario.
+
+    The first dict describes the machine (``kind == "machine"``: CPU, library versions, the
+    OPENBLAS_* environment and the SGEMM rates measured now); every other one is a scenario's
+    fields plus its results (``ms``, ``torch_ms``, ``ratio``, ``gflops``, ``sgemm_frac``, ...) or an
+    ``error``. ``progress``, if given, is called with each result as it lands.
+    """
+    if device == "gpu":
+        return _gpu_runner()(full=full, cells=cells, repeats=repeats)
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
+    repeats = repeats or (FULL_REPEATS if full else QUICK_REPEATS)
+    scenarios = select(full, cells)
+    info = {"kind": "machine", **machine_info(), "sgemm_gflops": sgemm_rate()}
+    sgemm = info["sgemm_gflops"]["numba (SciPy OpenBLAS)"]
+    results = [info]
+    if progress:
+        progress(info)
+    for s in scenarios:
+        row = {"scenario": s.name, **s.as_dict()}
+        try:
+            row.update(_run_scenario(s, repeats))
+        except Exception as exc:  # one failing scenario must not hide the others' numbers
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        if "gflops" in row:
+            row["sgemm_frac"] = row["gflops"] / sgemm
+        results.append(row)
+        if progress:
+            progress(row)
+    return results
+
+
+# -- output -------------------------------------------------------------------------------------
+def _fmt(value, spec):
+    return "" if value is None else format(value, spec)
+
+
+def format_table(results) -> str:
+    """Markdown: the machine line, then one table for layers and one for the other kinds."""
+    machine = next((r for r in results if r.get("kind") == "machine"), None)
+    rows = [r for r in results if r.get("kind") != "machine"]
+    out = []
+    if machine:
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in machine["sgemm_gflops"].items())
+        env = " ".join(f"{k}={v}" for k, v in machine["env"].items()) or "none"
+        out += [f"Machine: {machine['cpu']}, {machine['cores']} cores; SGEMM GFLOP/s: {rates}; "
+                f"numba {machine['numba']}, numpy {machine['numpy']}, torch {machine.get('torch', 'absent')}"
+                f" ({machine.get('torch_threads', '-')} threads); env: {env}", ""]
+    layers = [r for r in rows if r["kind"] in ("fwd", "fwd+bwd")]
+    if layers:
+        out += ["| scenario | fwd ms | torch fwd ms | fwd ratio | fwd+bwd ms | torch fwd+bwd ms | ratio "
+                "| GFLOP/s | of SGEMM |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in layers:
+            if "error" in r:
+                out.append(f"| {r['scenario']} | error: {r['error']} |||||||| ")
+                continue
+            step = r["kind"] == "fwd+bwd"
+            out.append(" | ".join([
+                f"| {r['scenario']}", _fmt(r.get("fwd_ms"), ".2f"), _fmt(r.get("torch_fwd_ms"), ".2f"),
+                _fmt(r.get("fwd_ratio"), ".2f"), _fmt(r.get("ms") if step else None, ".2f"),
+                _fmt(r.get("torch_ms") if step else None, ".2f"), _fmt(r.get("ratio"), ".2f"),
+                _fmt(r.get("gflops"), ".0f"), _fmt(r.get("sgemm_frac"), ".0%")]) + " |")
+        out.append("")
+    others = [r for r in rows if r["kind"] not in ("fwd", "fwd+bwd")]
+    if others:
+        out += ["| scenario | rnnfast | PyTorch | ratio | note |", "|---|---:|---:|---:|---|"]
+        for r in others:
+            if "error" in r:
+                out.append(f"| {r['scenario']} | error: {r['error']} |||| ")
+            elif r["kind"] == "generate":
+                out.append(f"| {r['scenario']} | {r['us_per_char']:.1f} µs/char | "
+                           f"{_fmt(r.get('torch_us_per_char'), '.1f')} µs/char | {_fmt(r.get('ratio'), '.1f')} | "
+                           f"ids agree with PyTorch's probabilities: {_fmt(r.get('id_agreement'), '.1%')} |")
+            elif r["kind"] == "memory":
+                torch_mib = r.get("torch_peak_mib")
+                out.append(f"| {r['scenario']} | {r['peak_mib']:.1f} MiB | {_fmt(torch_mib, '.1f')} MiB | "
+                           f"{_fmt(r.get('ratio'), '.2f')} | {r['method']} |")
+            elif r["kind"] == "cold-generate":
+                out.append(f"| {r['scenario']} | cold cache {r['cold_s']:.2f} s, warm cache {r['warm_s']:.2f} s | "
+                           f" | | {r['method']} |")
+        out.append("")
+    return "\n".join(out)
