@@ -41,9 +41,6 @@ from rnnfast.errors import CheckpointError, NonFiniteLossError
 from rnnfast.models import CARRY_PREFIX, load_weights
 from rnnfast.optim import Adam, clip_grad_norm
 
-STOP_REASONS = ("steps", "epochs", "time_budget", "early_stopping", "interrupted")
-
-
 class Callback:
     """Hooks the trainer calls; override the ones you need. ``logs`` are dicts of plain floats/ints.
 
@@ -52,7 +49,8 @@ class Callback:
     - ``on_eval_end`` logs: ``val_`` + each metric of ``model.evaluate`` (val_loss, ...), best_val_loss,
       improved.
     - ``on_checkpoint``: kind is "latest" or "best".
-    - ``on_train_end`` gets :meth:`Trainer.run`'s result.
+    - ``on_train_end`` gets :meth:`Trainer.run`'s result; also when a NaN/Inf stops the run, with
+      ``stopped="non_finite"``, just before the NonFiniteLossError reaches the caller.
     """
 
     def on_train_begin(self, trainer) -> None:
@@ -149,6 +147,17 @@ def _sigint_at_step_boundary():
         signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
 
 
+@dataclasses.dataclass
+class _Progress:
+    """What one call of Trainer.run has seen so far."""
+
+    start: float
+    start_step: int
+    tokens: int = 0
+    losses: list = dataclasses.field(default_factory=list)
+    last_val: dict | None = None
+
+
 def _describe_schedule(schedule) -> dict | None:
     if schedule is None:
         return None
@@ -204,53 +213,59 @@ class Trainer:
 
         Returns ``{"step", "epoch", "stopped", "losses" (this call's, one per step), "best_val",
         "best_step", "val" (the last evaluation's metrics), "elapsed", "checkpoint" (latest's path)}``.
-        A NaN/Inf loss raises NonFiniteLossError and writes no checkpoint.
+        A NaN/Inf loss or gradient raises NonFiniteLossError and writes no checkpoint.
         """
         if steps is None and epochs is None and time_budget is None:
             raise ValueError("say how long to train: give steps, epochs or time_budget")
         if epochs is not None and not hasattr(self.train_data, "epoch"):
             raise ValueError("epochs= needs training data that counts epochs (a StreamBatcher or ArrayBatcher)")
         self.target_steps = self._target_steps(steps, epochs)
-        start = time.perf_counter()
-        run_start_step, tokens, losses, last_val, stopped = self.step, 0, [], None, None
+        progress = _Progress(start=time.perf_counter(), start_step=self.step)
         self.model.train()
         for cb in self.callbacks:
             cb.on_train_begin(self)
         with _sigint_at_step_boundary() as sigint:
             try:
-                while stopped is None:
-                    stopped = self._stop_reason(steps, epochs, time_budget, time.perf_counter() - start)
-                    if stopped:
-                        break
-                    logs = self._one_step()
-                    losses.append(logs["loss"])
-                    tokens += logs["tokens"]
-                    elapsed = time.perf_counter() - start
-                    logs.update(tokens_per_s=tokens / elapsed if elapsed > 0 else 0.0, elapsed=elapsed,
-                                eta=self._eta(elapsed / (self.step - run_start_step), elapsed, time_budget))
-                    for cb in self.callbacks:
-                        cb.on_step_end(self, self.step, logs)
-                    if self.step % self.eval_every == 0:
-                        last_val = self._evaluate_and_save()
-                        if self._patience_ran_out():
-                            stopped = "early_stopping"
-                    if sigint["requested"]:
-                        stopped = "interrupted"
+                stopped = self._loop(steps, epochs, time_budget, sigint, progress)
+                if stopped == "interrupted":
+                    self._save("latest")
+                elif self.last_eval_step != self.step:
+                    progress.last_val = self._evaluate_and_save()
+            except NonFiniteLossError:
+                self._finish("non_finite", progress)
+                raise
             except KeyboardInterrupt:
                 stopped = "interrupted"
-                if sigint["forced"]:
-                    # the second Ctrl-C may have cut an update in half: keep the last checkpoint as it is
-                    return self._finish(stopped, losses, last_val, start)
-            if stopped == "interrupted":
-                self._save("latest")
-            elif self.last_eval_step != self.step:
-                last_val = self._evaluate_and_save()
-        return self._finish(stopped, losses, last_val, start)
+                # after a second Ctrl-C an update may be cut in half: keep the last checkpoint as it is
+                if not sigint["forced"]:
+                    self._save("latest")
+        return self._finish(stopped, progress)
 
-    def _finish(self, stopped, losses, last_val, start) -> dict:
+    def _loop(self, steps, epochs, time_budget, sigint, progress) -> str:
+        """Steps, with evaluations every ``eval_every``, until a limit is reached; returns the reason."""
+        while True:
+            stopped = self._stop_reason(steps, epochs, time_budget, time.perf_counter() - progress.start)
+            if stopped:
+                return stopped
+            logs = self._one_step()
+            progress.losses.append(logs["loss"])
+            progress.tokens += logs["tokens"]
+            elapsed = time.perf_counter() - progress.start
+            logs.update(tokens_per_s=progress.tokens / elapsed if elapsed > 0 else 0.0, elapsed=elapsed,
+                        eta=self._eta(elapsed / (self.step - progress.start_step), elapsed, time_budget))
+            for cb in self.callbacks:
+                cb.on_step_end(self, self.step, logs)
+            if self.step % self.eval_every == 0:
+                progress.last_val = self._evaluate_and_save()
+                if self._patience_ran_out():
+                    return "early_stopping"
+            if sigint["requested"]:
+                return "interrupted"
+
+    def _finish(self, stopped, progress) -> dict:
         result = {"step": self.step, "epoch": getattr(self.train_data, "epoch", None), "stopped": stopped,
-                  "losses": losses, "best_val": self.best_val, "best_step": self.best_step, "val": last_val,
-                  "elapsed": time.perf_counter() - start,
+                  "losses": progress.losses, "best_val": self.best_val, "best_step": self.best_step,
+                  "val": progress.last_val, "elapsed": time.perf_counter() - progress.start,
                   "checkpoint": None if self.out_dir is None else str(self.out_dir / "latest.safetensors")}
         for cb in self.callbacks:
             cb.on_train_end(self, result)
