@@ -6,7 +6,8 @@ Gate order r, z, n (PyTorch's)::
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn))  h' = (1 - z) * n + z * h
 
 ``W_hn h + b_hn`` sits inside the reset gate, so the input and recurrent halves have different
-gate gradients: backward keeps both (``dgates_x`` and ``dgates_h``), which differ only in n.
+gate gradients, which differ only in n (by the factor r): backward keeps one (T, B, 3H) array and
+turns the one into the other in place between their GEMMs.
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 """
 import numpy as np
@@ -111,25 +112,31 @@ def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, l
 
 
 @njit(cache=True)
-def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates_x, dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh):
-    """Fills dgates_x, dgates_h: (T, B, 3H) step by step, then dx, dw_ih, dw_hh, db_ih, db_hh with
-    single GEMMs and reductions. dh: (B, H) enters as dhT and leaves as dh0."""
+def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Fills dgates: (T, B, 3H) step by step with the input side's gate gradients, then dx, dw_ih,
+    db_ih with single GEMMs and reductions; then turns dgates into the recurrent side's (they differ
+    only in n, by the factor r) in place for dw_hh and db_hh, so one (T, B, 3H) array serves both.
+    dh: (B, H) enters as dhT and leaves as dh0."""
     T, B, I = x.shape
     H = dh.shape[1]
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
+    dgates_h_t = np.empty((B, 3 * H), dtype=x.dtype)
     dh_rec = np.empty((B, H), dtype=x.dtype)
     for t in range(T - 1, -1, -1):
-        _backward_step(dgates_x[t], dgates_h[t], dy[t], dh, gates[t], hn[t], h[t], t, lengths, one, zero)
-        np.dot(dgates_h[t], w_hh, dh_rec)
+        _backward_step(dgates[t], dgates_h_t, dy[t], dh, gates[t], hn[t], h[t], t, lengths, one, zero)
+        np.dot(dgates_h_t, w_hh, dh_rec)
         dh += dh_rec  # rows past a length have zero gate gradients, so dh_rec is zero there
-    dgx2 = dgates_x.reshape(T * B, 3 * H)
-    dgh2 = dgates_h.reshape(T * B, 3 * H)
-    np.dot(dgx2, w_ih, dx.reshape(T * B, I))
-    np.dot(dgx2.T, x.reshape(T * B, I), dw_ih)
-    np.dot(dgh2.T, h[:T].reshape(T * B, H), dw_hh)
-    db_ih[:] = dgx2.sum(axis=0)
-    db_hh[:] = dgh2.sum(axis=0)
+    dg2 = dgates.reshape(T * B, 3 * H)
+    np.dot(dg2, w_ih, dx.reshape(T * B, I))
+    np.dot(dg2.T, x.reshape(T * B, I), dw_ih)
+    db_ih[:] = dg2.sum(axis=0)
+    g2 = gates.reshape(T * B, 3 * H)
+    for row in range(T * B):
+        for j in range(H):
+            dg2[row, 2 * H + j] *= g2[row, j]  # dn -> dn * r
+    np.dot(dg2.T, h[:T].reshape(T * B, H), dw_hh)
+    db_hh[:] = dg2.sum(axis=0)
 
 
 def gru_backward(dy, dhT, cache):
@@ -143,12 +150,11 @@ def gru_backward(dy, dhT, cache):
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
-    dgates_x = np.empty((T, B, 3 * H), dtype=x.dtype)
-    dgates_h = np.empty((T, B, 3 * H), dtype=x.dtype)
+    dgates = np.empty((T, B, 3 * H), dtype=x.dtype)
     dx = np.empty_like(x)
     dw_ih = np.empty_like(w_ih)
     dw_hh = np.empty_like(w_hh)
     db_ih = np.empty(3 * H, dtype=x.dtype)
     db_hh = np.empty(3 * H, dtype=x.dtype)
-    _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates_x, dgates_h, dx, dw_ih, dw_hh, db_ih, db_hh)
+    _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dx, dw_ih, dw_hh, db_ih, db_hh)
     return dx, dh, dw_ih, dw_hh, db_ih, db_hh
