@@ -1,0 +1,132 @@
+"""What every command shares: one-line errors, ``--config`` files, ``--device`` and ``--seed``.
+
+Every command is declared with ``cls=Command`` so that any error a user can cause, a bad option
+value or an :class:`~rnnfast.errors.RnnfastError` from the library (bad file, bad checkpoint, NaN
+loss), ends as one line ``Error: ...`` on stderr and a non-zero exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import click
+
+from rnnfast.backend import GPU_INSTALL_HINT, gpu_unavailable_reason
+from rnnfast.errors import RnnfastError
+
+
+class OneLineUsageError(click.ClickException):
+    """A usage error shown as one line (Click's own prints the usage block and a hint first)."""
+
+    exit_code = 2  # Click's exit code for usage errors, so scripts can still tell them apart
+
+
+class Command(click.Command):
+    """A Click command whose user errors are one line each and whose library errors are not tracebacks."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        # Option parsing and value checks (ranges, choices, --config contents) all happen here.
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # options that only clash once the command runs
+            raise _one_line(exc) from None
+        except RnnfastError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _one_line(exc: click.UsageError) -> OneLineUsageError:
+    where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return OneLineUsageError(exc.format_message() + where)
+
+
+# -- config files -------------------------------------------------------------------------------
+
+def _read_config(path: Path) -> dict:
+    """The mapping in a TOML (``.toml``) or JSON (any other name) config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise click.BadParameter(f"file not found: {path}", param_hint="'--config'") from None
+    except IsADirectoryError:
+        raise click.BadParameter(f"{path} is a directory; pass a .toml or .json file", param_hint="'--config'") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {path} ({exc})", param_hint="'--config'") from None
+    try:
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
+        raise click.BadParameter(f"{path} is not valid {kind} ({exc})", param_hint="'--config'") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a table of option names and values", param_hint="'--config'")
+    return data
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, path):
+    """Eager callback of ``--config``: the file's keys become the defaults of the other options.
+
+    Keys are option names with dashes or underscores (``batch-size`` or ``batch_size``). A file may
+    hold one table per command (``[train]``, ``[generate]``); a command uses its own table if there
+    is one, else the top level. Options given on the command line still win.
+    """
+    if path is None:
+        return
+    data = _read_config(path)
+    section = data.get(ctx.info_name)
+    if isinstance(section, dict):
+        data = section
+    options = [p for p in ctx.command.params if p.name != "config"]
+    # A key may be the option's flag ("json", "batch-size") or its parameter name ("as_json", "data").
+    by_key = {}
+    for p in options:
+        for key in (p.name, *(o.lstrip("-") for o in p.opts if o.startswith("--"))):
+            by_key[key.replace("-", "_")] = p.name
+    defaults = {}
+    for key, val in data.items():
+        name = by_key.get(key.replace("-", "_"))
+        if name is None:
+            known = ", ".join(sorted(max(p.opts, key=len).lstrip("-") for p in options))
+            raise click.BadParameter(f"{path} sets unknown option {key!r}; known options: {known}",
+                                     param_hint="'--config'")
+        defaults[name] = val
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+
+
+def config_option(f):
+    """``--config FILE``: option defaults from a TOML or JSON file (the command line still wins)."""
+    return click.option(
+        "--config", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
+        callback=_load_config,
+        help="Read option values from a TOML or JSON file (keys are option names, e.g. hidden = 256); "
+             "options on the command line override it. A run directory's config.json works here.",
+    )(f)
+
+
+# -- shared options -----------------------------------------------------------------------------
+
+def device_option(default: str = "auto"):
+    return click.option(
+        "--device", type=click.Choice(["cpu", "gpu", "auto"], case_sensitive=False), default=default,
+        show_default=True,
+        help="Where to compute: cpu (Numba), gpu (CUDA via CuPy; needs the gpu extra), or auto (the GPU when one is usable).",
+    )
+
+
+def resolve_device(device: str) -> str:
+    """"cpu" or "gpu" for a ``--device`` value; an unusable GPU asked for by name is a one-line error."""
+    device = device.lower()
+    reason = gpu_unavailable_reason() if device in ("gpu", "auto") else "not asked for"
+    if device == "gpu" and reason is not None:
+        hint = "" if GPU_INSTALL_HINT in reason else f"; to use a GPU, {GPU_INSTALL_HINT}"
+        raise click.ClickException(f"--device gpu: no usable GPU: {reason}{hint}; or run with --device cpu")
+    return "gpu" if reason is None else "cpu"
+
+
+def seed_option(help_text: str):
+    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help=help_text)

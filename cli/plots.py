@@ -1,0 +1,59 @@
+"""PNG plots of a run, drawn when matplotlib is installed (the ``plot`` extra) and skipped otherwise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _figure():
+    """A matplotlib Figure, or None without matplotlib. Figure() needs no GUI backend or pyplot state."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure(figsize=(8, 4.5), dpi=100, layout="tight")
+
+
+def plot_losses(metrics_path: Path, png_path: Path, title: str, baseline: float | None = None,
+                baseline_name: str = "") -> bool:
+    """Training and validation loss against step, from a run's metrics.jsonl (a resumed run's whole history)."""
+    fig = _figure()
+    if fig is None:
+        return False
+    steps, losses, val_steps, val_losses = [], [], [], []
+    with open(metrics_path, encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            if record["event"] == "step":
+                steps.append(record["step"])
+                losses.append(record["loss"])
+            elif record["event"] == "eval":
+                val_steps.append(record["step"])
+                val_losses.append(record["val_loss"])
+    ax = fig.add_subplot()
+    ax.plot(steps, losses, lw=0.8, alpha=0.6, label="training loss")
+    ax.plot(val_steps, val_losses, "o-", ms=3, label="validation loss")
+    if baseline is not None:
+        ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"{baseline_name} baseline")
+    ax.set(xlabel="step", ylabel="loss", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(png_path)
+    return True
+
+
+def plot_forecast(pred: np.ndarray, truth: np.ndarray, png_path: Path, title: str) -> bool:
+    """One-step-ahead predictions against the true values over the validation windows (original units)."""
+    fig = _figure()
+    if fig is None:
+        return False
+    ax = fig.add_subplot()
+    ax.plot(truth, lw=1, label="truth")
+    ax.plot(pred, lw=1, label="prediction")
+    ax.set(xlabel="validation window", ylabel="value", title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(png_path)
+    return True

@@ -1,0 +1,250 @@
+"""``rnnfast train``: train a model with live progress, validation, checkpoints, plots and exact resume."""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+from click.core import ParameterSource
+
+from rnnfast.backend import to_numpy
+from rnnfast.checkpoint import load_checkpoint
+from rnnfast.cli.common import Command, config_option, device_option, resolve_device, seed_option
+from rnnfast.cli.plots import plot_forecast, plot_losses
+from rnnfast.cli.tasks import TASKS, build_model, check_same_data, describe_loss, read_task, task_of
+from rnnfast.data import Scaler, StreamBatcher
+from rnnfast.optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from rnnfast.trainer import ArrayBatcher, Callback, JSONLLogger, ProgressBar, Trainer
+
+OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
+
+# The options that define a run. A resumed run takes them from its checkpoint, so it continues
+# exactly; the others (how long, where, on which device) belong to each invocation.
+RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirectional", "seq_len", "batch_size",
+               "lr", "optimizer", "weight_decay", "clip", "val_frac", "seed", "dtype", "encoding", "column",
+               "window", "horizon", "text_column", "label_column")
+LIMITS = ("steps", "epochs", "time_budget")
+
+# With no --steps, --epochs or --time-budget a run stops after this many seconds: long enough for
+# the default model to learn visibly on two CPU cores, short enough to finish while you watch.
+DEFAULT_TIME_BUDGET = 180.0
+
+CHECKPOINTS = ("latest.safetensors", "best.safetensors")
+STOP_REASONS = {"steps": "--steps reached", "epochs": "--epochs reached", "time_budget": "--time-budget used up",
+                "early_stopping": "no better validation loss for --patience validations", "interrupted": "Ctrl-C"}
+
+
+class EvalReport(Callback):
+    """One line per validation, above the progress bar, so the learning curve stays on screen."""
+
+    def __init__(self, task: str):
+        self.task = task
+
+    def on_eval_end(self, trainer, step, logs):
+        from tqdm import tqdm
+
+        mark = "  (best so far)" if logs["improved"] else ""
+        tqdm.write(f"step {step}: validation loss {describe_loss(self.task, logs['val_loss'])}{mark}", file=sys.stderr)
+
+
+def _explicit(ctx: click.Context, name: str) -> bool:
+    """Whether the user chose this option (command line, environment or --config), not its default."""
+    return ctx.get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _absolute(data) -> str | None:
+    return None if data is None else str(Path(data).resolve())
+
+
+def _resumed_options(ctx: click.Context, opts: dict, resume: Path) -> tuple[dict, dict, dict]:
+    """The run's options from the checkpoint (an explicitly different value is an error), its limits
+    and its meta."""
+    _, meta = load_checkpoint(resume)
+    _, saved = task_of(meta, resume)
+    for name in RUN_OPTIONS:
+        mine = _absolute(opts[name]) if name == "data" else opts[name]
+        if _explicit(ctx, name) and mine != saved[name]:
+            flag = "DATA" if name == "data" else "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} {opts[name]} differs from the resumed run's {saved[name]}; a resumed run "
+                                   "keeps its settings: drop the option, or start a new run without --resume")
+    return {**opts, **{k: saved[k] for k in RUN_OPTIONS}}, meta["cli"]["limits"], meta
+
+
+def _run_dir(out: Path | None, opts: dict, resume: Path | None) -> Path:
+    """Where checkpoints go: --out, the resumed checkpoint's directory, or a new runs/<task>-<cell>-<time>.
+    A directory holding another run's checkpoints is refused, so nothing overwrites them."""
+    if out is None:
+        if resume is not None:
+            return resume.parent
+        out = Path("runs") / f"{opts['task']}-{opts['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
+        while out.exists():  # two runs started in the same second
+            out = out.with_name(out.name + "-1")
+    continuing = resume is not None and resume.parent.resolve() == out.resolve()
+    existing = [name for name in CHECKPOINTS if (out / name).exists()]
+    if existing and not continuing:
+        raise click.UsageError(f"{out} already holds a run ({existing[0]}); continue it with "
+                               f"--resume {out / 'latest.safetensors'}, or choose a new --out")
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"--out {out} is a file; pass a directory")
+    return out
+
+
+def _limits(ctx: click.Context, opts: dict, saved_limits: dict | None) -> dict:
+    """How long to train: the options given, else the resumed run's, else DEFAULT_TIME_BUDGET."""
+    given = {k: opts[k] for k in LIMITS if _explicit(ctx, k) and opts[k] is not None}
+    if given:
+        return {k: given.get(k) for k in LIMITS}
+    if saved_limits is not None:
+        return saved_limits
+    return {"steps": None, "epochs": None, "time_budget": DEFAULT_TIME_BUDGET}
+
+
+def _describe_limits(limits: dict) -> str:
+    parts = [f"{limits['steps']} steps" if limits["steps"] else None,
+             f"{limits['epochs']} epochs" if limits["epochs"] else None,
+             f"{limits['time_budget']:g} s" if limits["time_budget"] else None]
+    return " or ".join(p for p in parts if p)
+
+
+def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
+    title = f"{opts['task']} {opts['cell']} {opts['layers']}x{opts['hidden']}"
+    written = []
+    if plot_losses(out / "metrics.jsonl", out / "loss.png", title, td.baseline, td.baseline_name):
+        written.append(out / "loss.png")
+    if opts["task"] == "forecast":
+        X, Y = td.val
+        scaler = Scaler.from_dict(td.meta["scaler"])
+        pred = scaler.inverse_transform(to_numpy(model.predict(X))[:, 0])
+        if plot_forecast(pred, scaler.inverse_transform(Y[:, 0]), out / "forecast.png",
+                         f"{title}: one step ahead on the validation part"):
+            written.append(out / "forecast.png")
+    return written
+
+
+@click.command("train", cls=Command)
+@click.argument("data", required=False, type=click.Path(path_type=Path))
+@click.option("--task", type=click.Choice(TASKS), default="charlm", show_default=True,
+              help="charlm: next-character model of a text; forecast: the next values of a CSV column; "
+                   "classify: labels of texts in a CSV/TSV file.")
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
+              help="Recurrent cell (rnn is the tanh RNN).")
+@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="Hidden units per layer.")
+@click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Dropout between layers and before the output layer, in [0, 1).")
+@click.option("--bidirectional", is_flag=True,
+              help="Read each sequence both ways (forecast and classify; a character model must read forwards).")
+@click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,
+              help="charlm: characters per training sequence (truncated BPTT length); classify: texts are cut "
+                   "to this many characters.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Sequences per step.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
+              help="Learning rate.")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adam", show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight decay (decoupled for adamw, L2 for the others).")
+@click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Clip gradients to this global norm; 0 turns clipping off.")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Stop after this many steps in all (a resumed run counts from its start).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Stop after this many passes over the data.")
+@click.option("--time-budget", type=click.FloatRange(min=0, min_open=True), default=None, metavar="SECONDS",
+              help="Stop cleanly, with a checkpoint, after this many seconds. With none of --steps, --epochs "
+                   f"and --time-budget, a run stops after {DEFAULT_TIME_BUDGET:g} s.")
+@click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
+              show_default=True, help="Fraction of the data held out for validation (the end of a text or series).")
+@click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Validate and write checkpoints every this many steps (and at the end).")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop early after this many validations without a better validation loss.")
+@seed_option("Seed of the weights, dropout and data order: the same seed gives the same run.")
+@device_option("auto")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Run directory for checkpoints, metrics.jsonl, config.json and plots.  "
+                   "[default: runs/<task>-<cell>-<date>-<time>, or the resumed checkpoint's directory]")
+@click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="CKPT",
+              help="Continue a run exactly from its checkpoint (its settings come from the checkpoint).")
+@click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of DATA (e.g. latin-1).")
+@click.option("--column", default=None, help="forecast: the CSV column to forecast (header name or 0-based index).")
+@click.option("--window", type=click.IntRange(min=1), default=32, show_default=True,
+              help="forecast: past values the model reads.")
+@click.option("--horizon", type=click.IntRange(min=1), default=1, show_default=True,
+              help="forecast: future values it predicts.")
+@click.option("--text-column", default="text", show_default=True, help="classify: the column holding the texts.")
+@click.option("--label-column", default="label", show_default=True, help="classify: the column holding the labels.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Show the live progress bar.")
+@config_option
+@click.pass_context
+def train(ctx, **opts):
+    """Train a model on DATA and save checkpoints to a run directory.
+
+    \b
+    DATA is a text file for --task charlm (default: the built-in corpus, so
+    plain `rnnfast train` works on a fresh install), a CSV for --task forecast,
+    and a CSV/TSV with text and label columns for --task classify.
+
+    Shows a live progress bar (step, loss, validation loss, tokens/s, ETA) and
+    writes metrics.jsonl, latest.safetensors, best.safetensors, config.json and
+    loss.png (with matplotlib) to the run directory. Ctrl-C or --time-budget
+    stop cleanly with a checkpoint; --resume continues exactly.
+    """
+    resume = opts.pop("resume")
+    device = resolve_device(opts.pop("device"))
+    out, progress, eval_every, patience = opts.pop("out"), opts.pop("progress"), opts.pop("eval_every"), opts.pop("patience")
+    saved_limits = meta = None
+    if resume is not None:
+        opts, saved_limits, meta = _resumed_options(ctx, opts, resume)
+    else:
+        opts["data"] = _absolute(opts["data"])
+    if opts["bidirectional"] and opts["task"] == "charlm":
+        raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
+    limits = _limits(ctx, opts, saved_limits)
+    out = _run_dir(out, opts, resume)
+
+    td = read_task(opts)
+    if meta is not None:
+        check_same_data(meta, td, resume)
+    model = build_model(opts, td)
+    if device == "gpu":
+        model.to("gpu")
+    if opts["task"] == "charlm":
+        train_data = StreamBatcher(td.train, opts["batch_size"], opts["seq_len"])
+    else:
+        train_data = ArrayBatcher(td.train, opts["batch_size"], seed=opts["seed"])
+    optimizer = OPTIMIZERS[opts["optimizer"]](lr=opts["lr"], weight_decay=opts["weight_decay"])
+    run_options = {k: opts[k] for k in RUN_OPTIONS}
+    trainer = Trainer(
+        model, optimizer, train_data, td.val, clip=opts["clip"] or None, eval_every=eval_every,
+        early_stopping_patience=patience, out_dir=out,
+        callbacks=[ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
+                   JSONLLogger(out / "metrics.jsonl")],
+        meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
+                                 "baseline_name": td.baseline_name}},
+        resume=resume,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps({**run_options, **limits, "eval_every": eval_every}, indent=2) + "\n")
+
+    n_params = sum(int(p.size) for p in model.params.values())
+    start = f"resuming {resume} at step {trainer.step}" if resume else "training"
+    click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
+               f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "
+               f"stops after {_describe_limits(limits)}; run directory {out}", err=True)
+
+    result = trainer.run(**limits)
+
+    plots = _write_plots(out, opts, model, td)
+    best = "no validation yet" if result["best_val"] is None else (
+        f"best validation loss {describe_loss(opts['task'], result['best_val'])} at step {result['best_step']}")
+    click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline)}")
+    files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
+    click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']]}); "
+               f"wrote {', '.join(map(str, files))}")
+    if result["stopped"] == "interrupted":
+        click.echo(f"continue with: rnnfast train --resume {out / 'latest.safetensors'}", err=True)
+        ctx.exit(130)  # the shell's code for a run stopped by Ctrl-C
