@@ -245,3 +245,27 @@ def test_load_model_and_clear_errors_for_foreign_checkpoints(tmp_path):
     other = CharRNN(len(rf.data.Vocab.from_text(TEXT)), hidden_size=8, num_layers=1, dtype=np.float64)
     with pytest.raises(rf.CheckpointError, match="num_layers=2"):
         lm_trainer(None, resume=tmp_path / "latest.safetensors", model=other)
+
+
+# -- GPU ------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_training_matches_cpu_and_resumes(tmp_path):
+    import cupy
+
+    def gpu_trainer(out_dir, resume=None):
+        model = CharRNN(len(rf.data.Vocab.from_text(TEXT)), hidden_size=8, num_layers=2, dropout=0.3,
+                        dtype=np.float64, seed=0).to("gpu")
+        return lm_trainer(out_dir, resume=resume, model=model)
+
+    cpu, gpu = lm_trainer(tmp_path / "cpu"), gpu_trainer(tmp_path / "gpu")
+    cpu_losses, gpu_losses = cpu.run(steps=30)["losses"], gpu.run(steps=30)["losses"]
+    np.testing.assert_allclose(gpu_losses, cpu_losses, rtol=1e-9)
+    first = gpu_trainer(tmp_path / "split").run(steps=13)["losses"]
+    resumed = gpu_trainer(tmp_path / "split", resume=tmp_path / "split" / "latest.safetensors")
+    np.testing.assert_allclose(first + resumed.run(steps=30)["losses"], gpu_losses, rtol=1e-12)
+    for name, p in gpu.model.params.items():
+        np.testing.assert_allclose(cupy.asnumpy(resumed.model.params[name]), cupy.asnumpy(p), rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(cupy.asnumpy(p), cpu.model.params[name], rtol=1e-8, atol=1e-10)
+    model, _ = load_model(tmp_path / "gpu" / "latest.safetensors")  # a GPU run's checkpoint loads on the CPU
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, cupy.asnumpy(gpu.model.params[name]))
