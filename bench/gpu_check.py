@@ -96,7 +96,7 @@ def _parity_table(kernels, cp):
     return rows
 
 
-def _layers_end_to_end(cp):
+def layers_end_to_end(cp):
     """rf.RNN/LSTM/GRU (2 layers, bidirectional, lengths) on CuPy against the same layer on NumPy."""
     import rnnfast as rf
 
@@ -234,7 +234,7 @@ def main(argv=None):
     if "parity" not in args.skip:
         report["parity"] = _parity_table(kernels, cp)
     if "layers" not in args.skip:
-        report["layers"] = _layers_end_to_end(cp)
+        report["layers"] = layers_end_to_end(cp)
     report["host"] = _host_overhead(kernels, cp)
     if "timing" not in args.skip:
         report["timing"] = _timing_table(kernels, cp, torch, args.reps)

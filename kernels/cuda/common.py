@@ -24,6 +24,7 @@ Everything here also runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) 
 in place of CuPy: the simulator runs one block at a time, so the plan there is a single block,
 whose grid barrier is then exact.
 """
+import functools
 import math
 from dataclasses import dataclass
 
@@ -32,12 +33,14 @@ from numba import config, cuda, typeof
 
 SIMULATOR = bool(config.ENABLE_CUDASIM)
 
-TB = 4  # batch rows per thread tile
+TB = 8  # batch rows per thread tile
 TN = 4  # output columns per thread tile
 TILE = TB * TN  # a module constant: Numba sizes local arrays from constants only
 KS_MAX = 16  # most ways k is split across threads
-KC = 32  # columns of ``a`` staged in shared memory at a time
+KC = None  # most columns of ``a`` staged in shared memory at a time (None: all k that fit)
 ROWS = None  # most batch rows per chunk (None: the whole batch when it fits)
+MIN_KC = 32
+STAGE = 16  # global loads each thread has in flight while staging ``a`` (latency, not bandwidth, binds)
 THREADS = 32 if SIMULATOR else 256
 
 
@@ -77,35 +80,43 @@ def _smem_words(k, n, rows, kc, ks, w_in_smem):
     return w_in_smem * k * n + kc * (rows_pad + 1) + ks * rows_pad * n
 
 
+@functools.lru_cache(maxsize=None)
 def _device_limits():
-    """(multiprocessors, shared memory bytes a block may opt in to)."""
+    """(multiprocessors, shared memory bytes a block may opt in to); each query is a driver call."""
     if SIMULATOR:
         return 1, 1 << 30
     dev = cuda.get_current_device()
     return dev.MULTIPROCESSOR_COUNT, dev.MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
 
 
+def _halvings(start, stop):
+    """start, start/2, ... down to stop (both included, rounded up)."""
+    out = [start]
+    while out[-1] > stop:
+        out.append(max(stop, _ceil(out[-1], 2)))
+    return out
+
+
 def make_plan(B, H, cols_per_unit, k, itemsize):
     """Plan a kernel whose block matmul has ``cols_per_unit`` output columns per owned unit and
-    reduction length ``k``. Reads the module's KC and ROWS when called, so the simulator tests can
-    shrink them and walk every loop on tiny shapes."""
+    reduction length ``k``. Preference: weights in shared memory, then the whole batch per chunk,
+    then as much of k staged at once as fits (every staging round trip is a global-memory latency
+    per step). Reads the module's KC and ROWS when called, so the simulator tests can shrink them
+    and walk every loop on tiny shapes."""
     sms, smem_limit = _device_limits()
     units = _ceil(H, min(sms, H))
     blocks = _ceil(H, units)
     n = _ceil(cols_per_unit * units, TN) * TN
-    kc = min(KC, k)
-    rows = min(ROWS or B, B)
-    while True:
-        tiles = _ceil(rows, TB) * (n // TN)
-        ks = max(1, min(KS_MAX, kc, THREADS // tiles))
-        for w_in_smem in (1, 0):
-            words = _smem_words(k, n, rows, kc, ks, w_in_smem)
-            if words * itemsize <= smem_limit and (w_in_smem or rows <= TB or rows * 2 < B):
-                return Plan(units, blocks, n, k, rows, kc, ks, w_in_smem, words)
-        if rows <= TB:
-            raise ValueError(f"hidden size {H} needs more shared memory per block than this GPU has")
-        # Halve the batch chunk, first to keep the weights in shared memory, then to fit at all.
-        rows = _ceil(rows, 2)
+    kcs = _halvings(min(KC or k, k), min(MIN_KC, k))
+    for w_in_smem in (1, 0):
+        for rows in _halvings(min(ROWS or B, B), min(TB, B)):
+            tiles = _ceil(rows, TB) * (n // TN)
+            for kc in kcs:
+                ks = max(1, min(KS_MAX, kc, THREADS // tiles))
+                words = _smem_words(k, n, rows, kc, ks, w_in_smem)
+                if words * itemsize <= smem_limit:
+                    return Plan(units, blocks, n, k, rows, kc, ks, w_in_smem, words)
+    raise ValueError(f"hidden size {H} needs more shared memory per block than this GPU has")
 
 
 def pack_forward_weights(xp, w_hh, G, plan):
@@ -156,11 +167,15 @@ def load_weights(smem, w, w_len, w_in_smem):
 def _matmul(a, b0, rows, k_len, w, w_base, n, smem, a_off, p_off, kc, ks):
     tid = cuda.threadIdx.x
     nthreads = cuda.blockDim.x
+    lane = tid % 32
+    warp = tid // 32
+    nwarps = nthreads // 32
     tiles_b = (rows + TB - 1) // TB
     rows_pad = tiles_b * TB
     stride = rows_pad + 1
     tiles = tiles_b * (n // TN)
     acc = cuda.local.array(TILE, a.dtype)
+    staged = cuda.local.array(STAGE, a.dtype)
     a_reg = cuda.local.array(TB, a.dtype)
     w_reg = cuda.local.array(TN, a.dtype)
     for first in range(0, tiles * ks, nthreads):
@@ -173,12 +188,28 @@ def _matmul(a, b0, rows, k_len, w, w_base, n, smem, a_off, p_off, kc, ks):
         for i in range(TILE):
             acc[i] = 0
         for k0 in range(0, k_len, kc):
+            # Lanes run along k (coalesced). Each thread issues STAGE loads before its first store so
+            # their latencies overlap: its slots cover 2**sk_shift runs of 32 columns and as many
+            # rows as the rest of STAGE allows, so narrow chunks still keep STAGE loads in flight.
             # Padding rows are never staged: their sums land in padding and are never read.
             width = min(kc, k_len - k0)
-            for idx in range(tid, rows * width, nthreads):
-                b = idx // width
-                kk = idx - b * width
-                smem[a_off + kk * stride + b] = a[b0 + b, k0 + kk]
+            sk_shift = 0
+            while (32 << sk_shift) < width and (1 << sk_shift) < STAGE:
+                sk_shift += 1
+            sk_mask = (1 << sk_shift) - 1
+            slot_rows = STAGE >> sk_shift
+            for b_first in range(warp * slot_rows, rows, nwarps * slot_rows):
+                for k_first in range(lane, width, 32 << sk_shift):
+                    for s in range(STAGE):
+                        b = b_first + (s >> sk_shift)
+                        kk = k_first + 32 * (s & sk_mask)
+                        if b < rows and kk < width:
+                            staged[s] = a[b0 + b, k0 + kk]
+                    for s in range(STAGE):
+                        b = b_first + (s >> sk_shift)
+                        kk = k_first + 32 * (s & sk_mask)
+                        if b < rows and kk < width:
+                            smem[a_off + kk * stride + b] = staged[s]
             cuda.syncthreads()
             if active:
                 for kk in range(split, width, ks):
@@ -230,6 +261,13 @@ def partial_sum(smem, b, col, rows, k_len, n, kc, ks, w_in_smem):
 _COMPILED = {}
 
 
+def _device_array(a):
+    """A Numba view of a CuPy array. Numba's own conversion (``cuda.as_cuda_array``) synchronises
+    the array's stream, which would stall the host at every launch; everything here runs on the
+    one stream CuPy uses, so the view needs no synchronisation."""
+    return cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
+
+
 def _stream():
     import cupy
 
@@ -240,30 +278,29 @@ def _stream():
 def launch(kernel, plan, *args):
     """Launch ``kernel`` cooperatively as ``plan.blocks`` blocks over ``args`` (arrays and ints).
 
-    On the GPU, CuPy arrays are wrapped as Numba device arrays (Numba's own conversion of CuPy
-    arguments costs about three times as much), the compiled kernel is cached per argument types,
-    and its shared-memory opt-in (above the 48 KB default) is raised once.
+    On the GPU the compiled kernel is cached per argument types, its shared-memory opt-in (above
+    the 48 KB default) is raised once per size, and residency of the whole grid is checked once.
     """
     if SIMULATOR:
         kernel[plan.blocks, THREADS, 0, plan.smem_bytes(args[0].dtype.itemsize)](*args)
         return
-    args = tuple(cuda.as_cuda_array(a) if hasattr(a, "__cuda_array_interface__") else a for a in args)
+    args = tuple(_device_array(a) if hasattr(a, "__cuda_array_interface__") else a for a in args)
     smem = plan.smem_bytes(args[0].dtype.itemsize)
-    sig = tuple(typeof(a) for a in args)
-    key = (kernel, sig)
+    key = (kernel, tuple(typeof(a) for a in args))
     entry = _COMPILED.get(key)
     if entry is None:
-        compiled = kernel.compile(sig)
-        entry = _COMPILED[key] = [compiled, 0]
-    compiled, opted_in = entry
-    if smem > opted_in:
+        entry = _COMPILED[key] = {"kernel": kernel.compile(key[1]), "smem": 0, "fits": set()}
+    compiled = entry["kernel"]
+    if smem > entry["smem"]:
         _opt_in_shared_memory(compiled, smem)
-        entry[1] = smem
-    if plan.blocks > compiled.max_cooperative_grid_blocks(THREADS, smem):
-        raise RuntimeError(
-            f"{plan.blocks} blocks of {THREADS} threads with {smem} bytes of shared memory cannot "
-            "all be resident at once on this GPU"
-        )
+        entry["smem"] = smem
+    if (plan.blocks, smem) not in entry["fits"]:
+        if plan.blocks > compiled.max_cooperative_grid_blocks(THREADS, smem):
+            raise RuntimeError(
+                f"{plan.blocks} blocks of {THREADS} threads ({compiled.regs_per_thread()} registers each) "
+                f"with {smem} bytes of shared memory cannot all be resident at once on this GPU"
+            )
+        entry["fits"].add((plan.blocks, smem))
     compiled.launch(args, (plan.blocks, 1, 1), (THREADS, 1, 1), _stream(), smem)
 
 
