@@ -14,12 +14,13 @@ NONLINEARITIES = {"tanh": 0, "relu": 1}
 
 
 @njit(cache=True, fastmath=True)
-def _forward_step(pre_t, hw, h_prev, h_next, y_t, t, lengths, relu, zero):
+def _forward_step(hw, bias, h_prev, h_next, y_t, t, lengths, relu, zero):
+    """h_next: (B, H) holds the input projection on entry and the new state on exit."""
     B, H = h_prev.shape
     for b in range(B):
         if t < lengths[b]:
             for j in range(H):
-                a = pre_t[b, j] + hw[b, j]
+                a = h_next[b, j] + hw[b, j] + bias[j]
                 h = max(a, zero) if relu else tanh(a)
                 h_next[b, j] = h
                 y_t[b, j] = h
@@ -30,20 +31,19 @@ def _forward_step(pre_t, hw, h_prev, h_next, y_t, t, lengths, relu, zero):
 
 
 @njit(cache=True)
-def _forward(x, h0, w_ih, w_hh, bias, lengths, relu, y, h, pre):
+def _forward(x, h0, w_ih, w_hh, bias, lengths, relu, y, h):
     """x: (T, B, I); h0: (B, H); w_ih: (H, I); w_hh: (H, H); bias: (H,) = b_ih + b_hh.
-    Writes y: (T, B, H), h: (T+1, B, H); pre: (T, B, H) is scratch for the input projection."""
+    Writes y: (T, B, H), h: (T+1, B, H). The input projection goes straight into h[1:], which each
+    step then overwrites with the state: no (T, B, H) scratch."""
     T, B, I = x.shape
     H = h0.shape[1]
     zero = h0[0, 0] * 0
-    p2 = pre.reshape(T * B, H)
-    np.dot(x.reshape(T * B, I), w_ih.T, p2)
-    p2 += bias
+    np.dot(x.reshape(T * B, I), w_ih.T, h.reshape((T + 1) * B, H)[B:])
     h[0] = h0
     hw = np.empty((B, H), dtype=x.dtype)
     for t in range(T):
         np.dot(h[t], w_hh.T, hw)
-        _forward_step(pre[t], hw, h[t], h[t + 1], y[t], t, lengths, relu, zero)
+        _forward_step(hw, bias, h[t], h[t + 1], y[t], t, lengths, relu, zero)
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"):
@@ -59,8 +59,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
-    pre = np.empty((T, B, H), dtype=x.dtype)
-    _forward(x, h0, w_ih, w_hh, b_ih + b_hh, lengths, relu, y, h, pre)
+    _forward(x, h0, w_ih, w_hh, b_ih + b_hh, lengths, relu, y, h)
     cache = (x, w_ih, w_hh, lengths, h, relu)
     return y, h[T].copy(), cache
 
