@@ -6,6 +6,14 @@
 ``python -m rnnfast.bench [--full] [--json PATH] [--cells lstm gru ...]`` and ``rnnfast bench``
 run the same scenarios (``bench/scenarios.py``); ``bench/harness.py`` says how they are timed.
 """
-from rnnfast.bench.harness import format_table, run_bench
 
 __all__ = ["run_bench", "format_table"]
+
+
+def __getattr__(name):
+    # The harness imports PyTorch (a second or more); importing rnnfast.bench.scenarios, as the
+    # command line does at start-up, must not pay for it.
+    if name in __all__:
+        from rnnfast.bench import harness
+        return getattr(harness, name)
+    raise AttributeError(f"module 'rnnfast.bench' has no attribute {name!r}")
