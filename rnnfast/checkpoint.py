@@ -40,6 +40,7 @@ from rnnfast.errors import CheckpointError
 FORMAT = "rnnfast-checkpoint"
 VERSION = 1
 OPTIM_PREFIX = "optim/"
+CARRY_PREFIX = "carry/"  # the hidden state a trainer carries between truncated-BPTT batches
 
 
 def _json_default(value):
@@ -142,7 +143,7 @@ def model_tensors(tensors: dict, prefix: str = "") -> dict:
     ``torch.nn.LSTM.load_state_dict`` accepts (after ``torch.from_numpy``).
     """
     prefix = _with_dot(prefix)
-    out = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and not k.startswith(OPTIM_PREFIX)}
+    out = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and not k.startswith((OPTIM_PREFIX, CARRY_PREFIX))}
     if not out:
         names = ", ".join(sorted(tensors)[:8]) + (", ..." if len(tensors) > 8 else "")
         raise CheckpointError(f"the checkpoint has no model tensors under {prefix!r} (it holds {names}); "

@@ -84,7 +84,8 @@ def bits_per_char(mean_nll_nats: float) -> float:
 
 def perplexity(mean_nll_nats: float) -> float:
     """exp(mean NLL in nats): the effective number of equally likely next tokens."""
-    return math.exp(float(mean_nll_nats))
+    x = float(mean_nll_nats)
+    return math.exp(x) if x < 709.0 else math.inf  # exp overflows a double past ~709.78
 
 
 def mae(pred, target) -> float:

@@ -26,7 +26,7 @@ import copy
 import numpy as np
 
 from rnnfast.backend import get_array_module, to_device, to_numpy
-from rnnfast.checkpoint import OPTIM_PREFIX, load_checkpoint
+from rnnfast.checkpoint import CARRY_PREFIX, OPTIM_PREFIX, load_checkpoint
 from rnnfast.data import StreamBatcher
 from rnnfast.errors import CheckpointError
 from rnnfast.layers import Dropout, Embedding, Linear
@@ -37,10 +37,6 @@ from rnnfast.random import uniform
 from rnnfast.recurrent import GRU, LSTM, RNN
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
-
-# Tensors a trainer checkpoint holds beside the parameters: the optimizer's state, and the hidden
-# state carried between training batches (truncated BPTT), which an exact resume needs.
-CARRY_PREFIX = "carry/"
 
 
 def _recurrent(cell, input_size, hidden_size, num_layers, dropout, bidirectional, dtype, seed, batch_first):

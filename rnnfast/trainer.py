@@ -36,9 +36,9 @@ import numpy as np
 
 from rnnfast import __version__
 from rnnfast.backend import get_array_module
-from rnnfast.checkpoint import join_tensors, load_checkpoint, optimizer_tensors, save_checkpoint
+from rnnfast.checkpoint import CARRY_PREFIX, join_tensors, load_checkpoint, optimizer_tensors, save_checkpoint
 from rnnfast.errors import CheckpointError, NonFiniteLossError
-from rnnfast.models import CARRY_PREFIX, load_weights
+from rnnfast.models import load_weights
 from rnnfast.optim import Adam, clip_grad_norm
 
 class Callback:
