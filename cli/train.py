@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import click
-import numpy as np
 from click.core import ParameterSource
+from tqdm import tqdm
 
 from rnnfast.backend import to_numpy
 from rnnfast.checkpoint import load_checkpoint
@@ -44,8 +44,6 @@ class EvalReport(Callback):
         self.task = task
 
     def on_eval_end(self, trainer, step, logs):
-        from tqdm import tqdm
-
         mark = "  (best so far)" if logs["improved"] else ""
         tqdm.write(f"step {step}: validation loss {describe_loss(self.task, logs['val_loss'])}{mark}", file=sys.stderr)
 
@@ -131,7 +129,7 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
                    "classify: labels of texts in a CSV/TSV file.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
               help="Recurrent cell (rnn is the tanh RNN).")
-@click.option("--hidden", type=click.IntRange(min=1), default=256, show_default=True, help="Hidden units per layer.")
+@click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden units per layer.")
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="Dropout between layers and before the output layer, in [0, 1).")
