@@ -10,10 +10,13 @@ Method, for every timed scenario:
    inner loop count so one measurement lasts at least ``MIN_SAMPLE_S``.
 3. Time the two alternately (the order flips every round), ``repeats`` rounds, and report medians.
 
-``ratio`` is PyTorch time / rnnfast time (above 1: rnnfast is faster). GFLOP/s counts the GEMM
-work (forward ``2*T*B*G*H*(I+H)`` per layer and direction, backward twice that) and is set against
-the SGEMM rate of this machine measured at the start of the run, through the BLAS rnnfast calls
-inside Numba (SciPy's OpenBLAS) and, when it is a different library, NumPy's.
+``ratio`` is PyTorch time / rnnfast time (above 1: rnnfast is faster), the median of the ratios
+of each round's pair of samples, which were taken moments apart: on a machine shared with other
+work this is steadier than a ratio of medians. GFLOP/s counts the GEMM work (forward
+``2*T*B*G*H*(I+H)`` per layer and direction, backward twice that); ``sgemm_frac`` sets it against
+an SGEMM through the BLAS rnnfast calls inside Numba (SciPy's OpenBLAS), timed in the same
+rounds as the scenario. The machine row also has SGEMM rates measured at the start of the run,
+SciPy's and NumPy's, and every row the load average before and after it, to judge the noise.
 
 PyTorch is optional: without it the rnnfast times are reported alone.
 """
@@ -68,6 +71,15 @@ def _numba_sgemm():
     return dot_into
 
 
+def _sgemm_call(n):
+    """A no-argument (n, n) @ (n, n) float32 GEMM through Numba's BLAS, and its flop count."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
+    out = np.empty((n, n), np.float32)
+    dot = _numba_sgemm()
+    return (lambda: dot(a, b, out)), 2.0 * n**3
+
+
 def sgemm_rate(n: int = 2048, repeats: int = 7) -> dict:
     """GFLOP/s of an (n, n) @ (n, n) float32 GEMM: median over ``repeats``, per BLAS."""
     rng = np.random.default_rng(0)
@@ -104,7 +116,8 @@ def _sample(fn, inner) -> float:
 
 
 def time_alternating(fns: dict, repeats: int) -> dict:
-    """Median seconds per call of each function in ``fns``, timed in alternating rounds."""
+    """Seconds per call of each function in ``fns``, timed in alternating rounds: name -> list of
+    one sample per round."""
     for fn in fns.values():  # warm-up
         fn()
         fn()
@@ -114,7 +127,11 @@ def time_alternating(fns: dict, repeats: int) -> dict:
     for r in range(repeats):
         for name in (names if r % 2 == 0 else names[::-1]):
             samples[name].append(_sample(fns[name], inner[name]))
-    return {name: float(np.median(s)) for name, s in samples.items()}
+    return {name: np.array(s) for name, s in samples.items()}
+
+
+def _paired_ratio(samples, ref, ours) -> float:
+    return float(np.median(samples[ref] / samples[ours]))
 
 
 def _rel_err(ours, ref) -> float:
@@ -184,7 +201,8 @@ def bench_layer(s: Scenario, repeats: int) -> dict:
         ours(x)
         ours.backward(dy)
 
-    fns = {"rnnfast_fwd": ours_fwd}
+    sgemm, sgemm_flops = _sgemm_call(1024)
+    fns = {"rnnfast_fwd": ours_fwd, "sgemm": sgemm}
     if s.kind == "fwd+bwd":
         fns["rnnfast"] = ours_step
     if ref is not None:
@@ -204,19 +222,21 @@ def bench_layer(s: Scenario, repeats: int) -> dict:
         fns["torch_fwd"] = torch_fwd
         if s.kind == "fwd+bwd":
             fns["torch"] = torch_step
-    times = time_alternating(fns, repeats)
+    samples = time_alternating(fns, repeats)
+    times = {name: float(np.median(v)) for name, v in samples.items()}
     flops = _layer_flops(s)
+    result["sgemm_gflops"] = sgemm_flops / times["sgemm"] / 1e9
     result["fwd_ms"] = times["rnnfast_fwd"] * 1e3
     result["fwd_gflops"] = flops / times["rnnfast_fwd"] / 1e9
     if ref is not None:
         result["torch_fwd_ms"] = times["torch_fwd"] * 1e3
-        result["fwd_ratio"] = times["torch_fwd"] / times["rnnfast_fwd"]
+        result["fwd_ratio"] = _paired_ratio(samples, "torch_fwd", "rnnfast_fwd")
     if s.kind == "fwd+bwd":
         result["ms"] = times["rnnfast"] * 1e3
         result["gflops"] = 3 * flops / times["rnnfast"] / 1e9
         if ref is not None:
             result["torch_ms"] = times["torch"] * 1e3
-            result["ratio"] = times["torch"] / times["rnnfast"]
+            result["ratio"] = _paired_ratio(samples, "torch", "rnnfast")
     else:
         result.update(ms=result["fwd_ms"], gflops=result["fwd_gflops"])
         if ref is not None:
@@ -236,13 +256,14 @@ def bench_generate(s: Scenario, repeats: int) -> dict:
         theirs, agreement = torch_sampler(model, s.chars)
         result["id_agreement"] = agreement
         fns["torch"] = theirs
-    times = time_alternating(fns, repeats)
+    samples = time_alternating(fns, repeats)
+    times = {name: float(np.median(v)) for name, v in samples.items()}
     result["ms"] = times["rnnfast"] * 1e3
     result["us_per_char"] = times["rnnfast"] / s.chars * 1e6
     if torch is not None:
         result["torch_ms"] = times["torch"] * 1e3
         result["torch_us_per_char"] = times["torch"] / s.chars * 1e6
-        result["ratio"] = times["torch"] / times["rnnfast"]
+        result["ratio"] = _paired_ratio(samples, "torch", "rnnfast")
     return result
 
 
@@ -288,18 +309,19 @@ def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None,
     repeats = repeats or (FULL_REPEATS if full else QUICK_REPEATS)
     scenarios = select(full, cells)
     info = {"kind": "machine", **machine_info(), "sgemm_gflops": sgemm_rate()}
-    sgemm = info["sgemm_gflops"]["numba (SciPy OpenBLAS)"]
+    sgemm = info["sgemm_gflops"]["numba (SciPy OpenBLAS)"]  # for rows that time no SGEMM of their own
     results = [info]
     if progress:
         progress(info)
     for s in scenarios:
-        row = {"scenario": s.name, **s.as_dict()}
+        row = {"scenario": s.name, **s.as_dict(), "load_before": os.getloadavg()[0]}
         try:
             row.update(_run_scenario(s, repeats))
         except Exception as exc:  # one failing scenario must not hide the others' numbers
             row["error"] = f"{type(exc).__name__}: {exc}"
+        row["load_after"] = os.getloadavg()[0]
         if "gflops" in row:
-            row["sgemm_frac"] = row["gflops"] / sgemm
+            row["sgemm_frac"] = row["gflops"] / row.get("sgemm_gflops", sgemm)
         results.append(row)
         if progress:
             progress(row)
@@ -325,18 +347,19 @@ def format_table(results) -> str:
     layers = [r for r in rows if r["kind"] in ("fwd", "fwd+bwd")]
     if layers:
         out += ["| scenario | fwd ms | torch fwd ms | fwd ratio | fwd+bwd ms | torch fwd+bwd ms | ratio "
-                "| GFLOP/s | of SGEMM |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| GFLOP/s | SGEMM GFLOP/s | of SGEMM | load |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for r in layers:
             if "error" in r:
-                out.append(f"| {r['scenario']} | error: {r['error']} |||||||| ")
+                out.append(f"| {r['scenario']} | error: {r['error']} |||||||||| ")
                 continue
             step = r["kind"] == "fwd+bwd"
             out.append(" | ".join([
                 f"| {r['scenario']}", _fmt(r.get("fwd_ms"), ".2f"), _fmt(r.get("torch_fwd_ms"), ".2f"),
                 _fmt(r.get("fwd_ratio"), ".2f"), _fmt(r.get("ms") if step else None, ".2f"),
                 _fmt(r.get("torch_ms") if step else None, ".2f"), _fmt(r.get("ratio"), ".2f"),
-                _fmt(r.get("gflops"), ".0f"), _fmt(r.get("sgemm_frac"), ".0%")]) + " |")
+                _fmt(r.get("gflops"), ".0f"), _fmt(r.get("sgemm_gflops"), ".0f"), _fmt(r.get("sgemm_frac"), ".0%"),
+                f"{r['load_before']:.1f}-{r['load_after']:.1f}"]) + " |")
         out.append("")
     others = [r for r in rows if r["kind"] not in ("fwd", "fwd+bwd")]
     if others:
