@@ -1,4 +1,4 @@
-"""What every command shares: one-line errors, ``--config`` files, ``--device`` and ``--seed``.
+"""What every command shares: one-line errors, ``--config`` files and ``--device``.
 
 Every command is declared with ``cls=Command`` so that any error a user can cause, a bad option
 value or an :class:`~rnnfast.errors.RnnfastError` from the library (bad file, bad checkpoint, NaN
@@ -7,13 +7,17 @@ loss), ends as one line ``Error: ...`` on stderr and a non-zero exit code, never
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import click
 
 from rnnfast.backend import GPU_INSTALL_HINT, gpu_unavailable_reason
 from rnnfast.errors import RnnfastError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: JSON config files still work
+    tomllib = None
 
 
 class OneLineUsageError(click.ClickException):
@@ -58,11 +62,15 @@ def _read_config(path: Path) -> dict:
         raise click.BadParameter(f"{path} is a directory; pass a .toml or .json file", param_hint="'--config'") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise click.BadParameter(f"cannot read {path} ({exc})", param_hint="'--config'") from None
+    is_toml = path.suffix.lower() == ".toml"
+    if is_toml and tomllib is None:
+        raise click.BadParameter("TOML config files need Python 3.11 or newer; write the config as JSON",
+                                 param_hint="'--config'")
     try:
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
-        raise click.BadParameter(f"{path} is not valid {kind} ({exc})", param_hint="'--config'") from None
+        data = tomllib.loads(text) if is_toml else json.loads(text)
+    except ValueError as exc:  # TOMLDecodeError and JSONDecodeError both are
+        raise click.BadParameter(f"{path} is not valid {'TOML' if is_toml else 'JSON'} ({exc})",
+                                 param_hint="'--config'") from None
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a table of option names and values", param_hint="'--config'")
     return data
@@ -121,12 +129,12 @@ def device_option(default: str = "auto"):
 def resolve_device(device: str) -> str:
     """"cpu" or "gpu" for a ``--device`` value; an unusable GPU asked for by name is a one-line error."""
     device = device.lower()
-    reason = gpu_unavailable_reason() if device in ("gpu", "auto") else "not asked for"
-    if device == "gpu" and reason is not None:
+    if device == "cpu":
+        return "cpu"
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        return "gpu"
+    if device == "gpu":
         hint = "" if GPU_INSTALL_HINT in reason else f"; to use a GPU, {GPU_INSTALL_HINT}"
         raise click.ClickException(f"--device gpu: no usable GPU: {reason}{hint}; or run with --device cpu")
-    return "gpu" if reason is None else "cpu"
-
-
-def seed_option(help_text: str):
-    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help=help_text)
+    return "cpu"

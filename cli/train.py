@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from rnnfast.backend import to_numpy
 from rnnfast.checkpoint import load_checkpoint
-from rnnfast.cli.common import Command, config_option, device_option, resolve_device, seed_option
+from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses
 from rnnfast.cli.tasks import TASKS, build_model, check_same_data, describe_loss, read_task, task_of
 from rnnfast.data import Scaler, StreamBatcher
@@ -159,7 +159,8 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
               help="Validate and write checkpoints every this many steps (and at the end).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop early after this many validations without a better validation loss.")
-@seed_option("Seed of the weights, dropout and data order: the same seed gives the same run.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the weights, dropout and data order: the same seed gives the same run.")
 @device_option("auto")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None,

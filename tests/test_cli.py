@@ -3,7 +3,6 @@ time budget, Ctrl-C, generate, eval, bench, config files, and every bad input of
 non-zero exit, no good checkpoint overwritten). Models are tiny so the file runs in well under 2 min."""
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
