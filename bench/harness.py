@@ -7,7 +7,8 @@ Method, for every timed scenario:
    largest magnitude of PyTorch's result, ``TOLERANCE`` per dtype). A disagreement stops that
    scenario: a fast wrong answer is not a result.
 2. Warm up both (Numba compiles or loads its cache; oneDNN builds its primitives), and pick an
-   inner loop count so one measurement lasts at least ``MIN_SAMPLE_S``.
+   inner loop count so one measurement lasts at least ``MIN_SAMPLE_S``. Before each measurement
+   the harness pauses ``SETTLE_S``, so the other library's idle threads have stopped spinning.
 3. Time the two alternately (the order flips every round), ``repeats`` rounds, and report medians.
 
 ``ratio`` is PyTorch time / rnnfast time (above 1: rnnfast is faster), the median of the ratios
@@ -38,6 +39,10 @@ except ImportError:  # rnnfast-only numbers
 
 TOLERANCE = {"float32": 2e-3, "float64": 1e-9}
 MIN_SAMPLE_S = 0.02
+# BLAS and OpenMP worker threads spin for tens of milliseconds after a call before they sleep;
+# on two cores the spinning threads of the library timed last steal a core from the one timed now
+# (measured here: PyTorch's LSTM step 86 ms right after rnnfast's, 28 ms after a 0.1 s pause).
+SETTLE_S = 0.15
 QUICK_REPEATS, FULL_REPEATS = 5, 9
 GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -109,6 +114,7 @@ def _inner_count(fn) -> int:
 
 
 def _sample(fn, inner) -> float:
+    time.sleep(SETTLE_S)
     start = time.perf_counter()
     for _ in range(inner):
         fn()
