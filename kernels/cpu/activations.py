@@ -31,7 +31,7 @@ def sigmoid(x):
     return 1.0 / (1.0 + np.exp(-x))
 
 
-@njit(inline="always", fastmath=True)
+@njit(inline="always", fastmath=True, error_model="numpy")
 def _tanh32(x):
     x = min(max(x, -_CLAMP), _CLAMP)
     x2 = x * x
