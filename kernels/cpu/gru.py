@@ -17,32 +17,34 @@ from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import contiguous, prepare
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one, zero):
+    # Passes over few arrays each: LLVM vectorises a loop only when a bounded number of runtime
+    # checks proves its arrays do not overlap (see lstm._forward_step).
     B, H = h_prev.shape
     r_idx, z_idx, n_idx = 0, H, 2 * H
     for b in range(B):
         if t < lengths[b]:
             g_row = gates_t[b]
             hw_row = hw[b]
+            for j in range(r_idx, n_idx):  # r and z
+                g_row[j] = sigmoid(g_row[j] + hw_row[j] + b_hh[j])
+            hn_row = hn_t[b]
             for j in range(H):
-                r = sigmoid(g_row[r_idx + j] + hw_row[r_idx + j] + b_hh[r_idx + j])
-                z = sigmoid(g_row[z_idx + j] + hw_row[z_idx + j] + b_hh[z_idx + j])
                 hn = hw_row[n_idx + j] + b_hh[n_idx + j]
-                n = tanh(g_row[n_idx + j] + r * hn)
-                g_row[r_idx + j] = r
-                g_row[z_idx + j] = z
-                g_row[n_idx + j] = n
-                hn_t[b, j] = hn
-                h = (one - z) * n + z * h_prev[b, j]
-                h_next[b, j] = h
-                y_t[b, j] = h
-        else:
+                hn_row[j] = hn
+                g_row[n_idx + j] = tanh(g_row[n_idx + j] + g_row[r_idx + j] * hn)
+            h_row = h_next[b]
+            h_prev_row = h_prev[b]
             for j in range(H):
-                h_next[b, j] = h_prev[b, j]
-                y_t[b, j] = zero
-            gates_t[b, :] = zero
-            hn_t[b, :] = zero
+                z = g_row[z_idx + j]
+                h_row[j] = (one - z) * g_row[n_idx + j] + z * h_prev_row[j]
+            y_t[b] = h_row
+        else:
+            h_next[b] = h_prev[b]
+            y_t[b] = zero
+            gates_t[b] = zero
+            hn_t[b] = zero
 
 
 @njit(cache=True)
@@ -82,8 +84,10 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     return y, h[T].copy(), cache
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, lengths, one, zero):
+    # Two passes over few arrays each (see _forward_step): through h' = (1 - z) * n + z * h
+    # first, then through n's reset gate r.
     B, H = dh.shape
     r_idx, z_idx, n_idx = 0, H, 2 * H
     for b in range(B):
@@ -91,21 +95,25 @@ def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, l
         dgh_row = dgates_h_t[b]
         if t < lengths[b]:
             g_row = gates_t[b]
+            dh_row = dh[b]
+            dy_row = dy_t[b]
+            h_prev_row = h_prev[b]
             for j in range(H):
-                r = g_row[r_idx + j]
                 z = g_row[z_idx + j]
                 n = g_row[n_idx + j]
-                dh_j = dh[b, j] + dy_t[b, j]
-                dn = dh_j * (one - z) * (one - n * n)
-                dz = dh_j * (h_prev[b, j] - n) * z * (one - z)
-                dr = dn * hn_t[b, j] * r * (one - r)
+                dh_j = dh_row[j] + dy_row[j]
+                dgx_row[n_idx + j] = dh_j * (one - z) * (one - n * n)
+                dgx_row[z_idx + j] = dh_j * (h_prev_row[j] - n) * z * (one - z)
+                dh_row[j] = dh_j * z  # the direct path; the recurrent GEMM adds the rest
+            hn_row = hn_t[b]
+            for j in range(H):
+                r = g_row[r_idx + j]
+                dn = dgx_row[n_idx + j]
+                dr = dn * hn_row[j] * r * (one - r)
                 dgx_row[r_idx + j] = dr
-                dgx_row[z_idx + j] = dz
-                dgx_row[n_idx + j] = dn
                 dgh_row[r_idx + j] = dr
-                dgh_row[z_idx + j] = dz
+                dgh_row[z_idx + j] = dgx_row[z_idx + j]
                 dgh_row[n_idx + j] = dn * r
-                dh[b, j] = dh_j * z  # the direct path; the recurrent GEMM adds the rest
         else:
             dgx_row[:] = zero
             dgh_row[:] = zero
