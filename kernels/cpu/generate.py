@@ -25,7 +25,7 @@ CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _matvec_add(w, v, bias, out):
     """out: (R,) = w: (R, K) @ v: (K,) + bias: (R,)."""
     R, K = w.shape
@@ -36,7 +36,7 @@ def _matvec_add(w, v, bias, out):
         out[r] = acc
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _cell_update(cell, xg, hg, h, c):
     """One cell step in place. xg: (G*H,) input part with b_ih (and b_hh except GRU's);
     hg: (G*H,) recurrent part (GRU: with b_hh); h, c: (H,) (c unused but by the LSTM)."""

@@ -13,7 +13,7 @@ from rnnfast.kernels.cpu.common import contiguous, prepare
 NONLINEARITIES = {"tanh": 0, "relu": 1}
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _forward_step(hw, bias, h_prev, h_next, y_t, t, lengths, relu, zero):
     """h_next: (B, H) holds the input projection on entry and the new state on exit."""
     B, H = h_prev.shape
@@ -64,7 +64,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     return y, h[T].copy(), cache
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=True, error_model="numpy")
 def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, relu, one, zero):
     B, H = dh.shape
     for b in range(B):
