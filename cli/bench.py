@@ -12,8 +12,8 @@ from rnnfast.cli.common import Command, config_option, device_option, resolve_de
 def _announce(row: dict) -> None:
     """Progress on stderr, so that stdout holds only the table or the JSON."""
     if row.get("kind") == "machine":
-        click.echo(f"machine: {row.get('cpu', '?')}; timing {'' if row.get('torch') else 'without PyTorch'}...",
-                   err=True)
+        against = f"against PyTorch {row['torch']}" if row.get("torch") else "rnnfast alone (PyTorch is not installed)"
+        click.echo(f"{row.get('cpu', '?')}, {row.get('cores', '?')} cores: timing {against}", err=True)
     else:
         status = f"error: {row['error']}" if "error" in row else "done"
         click.echo(f"  {row['scenario']}: {status}", err=True)
