@@ -198,8 +198,6 @@ def train(ctx, **opts):
     saved_limits = meta = None
     if resume is not None:
         opts, saved_limits, meta = _resumed_options(ctx, opts, resume)
-    else:
-        opts["data"] = _absolute(opts["data"])
     if opts["bidirectional"] and opts["task"] == "charlm":
         raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
     limits = _limits(ctx, opts, saved_limits)
@@ -216,7 +214,8 @@ def train(ctx, **opts):
     else:
         train_data = ArrayBatcher(td.train, opts["batch_size"], seed=opts["seed"])
     optimizer = OPTIMIZERS[opts["optimizer"]](lr=opts["lr"], weight_decay=opts["weight_decay"])
-    run_options = {k: opts[k] for k in RUN_OPTIONS}
+    # The absolute path, so that eval and resume find the data from any working directory.
+    run_options = {**{k: opts[k] for k in RUN_OPTIONS}, "data": _absolute(opts["data"])}
     trainer = Trainer(
         model, optimizer, train_data, td.val, clip=opts["clip"] or None, eval_every=eval_every,
         early_stopping_patience=patience, out_dir=out,

@@ -415,3 +415,12 @@ def test_gpu_without_a_gpu_says_how_to_install_it(corpus, tmp_path):
         result = run(*command, "--device", "gpu", ok=False)
         assert 'pip install "rnnfast[gpu]"' in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_eval_finds_a_relative_data_path_from_another_directory(corpus, tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "corpus.txt").write_text(corpus.read_text())
+    monkeypatch.chdir(tmp_path / "work")
+    run("train", "corpus.txt", *TINY, "--steps", 1, "--out", "run")
+    monkeypatch.chdir(tmp_path)
+    assert "held-out part of" in run("eval", "work/run/latest.safetensors").stdout
