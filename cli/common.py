@@ -111,8 +111,8 @@ def config_option(f):
     return click.option(
         "--config", type=click.Path(path_type=Path), is_eager=True, expose_value=False,
         callback=_load_config,
-        help="Read option values from a TOML or JSON file (keys are option names, e.g. hidden = 256); "
-             "options on the command line override it. A run directory's config.json works here.",
+        help="Read option values from a TOML or JSON file: keys are option names (hidden = 256), at the top "
+             "level or in a table named after the command ([train]); options on the command line win.",
     )(f)
 
 

@@ -142,7 +142,8 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
               help="Sequences per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
               help="Learning rate.")
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adam", show_default=True)
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adam", show_default=True,
+              help="Update rule (each matches its torch.optim namesake).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight decay (decoupled for adamw, L2 for the others).")
 @click.option("--clip", type=click.FloatRange(min=0), default=5.0, show_default=True,
@@ -162,7 +163,8 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the weights, dropout and data order: the same seed gives the same run.")
 @device_option("auto")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Precision of weights and activations.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run directory for checkpoints, metrics.jsonl, config.json and plots.  "
                    "[default: runs/<task>-<cell>-<date>-<time>, or the resumed checkpoint's directory]")
@@ -190,7 +192,8 @@ def train(ctx, **opts):
     Shows a live progress bar (step, loss, validation loss, tokens/s, ETA) and
     writes metrics.jsonl, latest.safetensors, best.safetensors, config.json and
     loss.png (with matplotlib) to the run directory. Ctrl-C or --time-budget
-    stop cleanly with a checkpoint; --resume continues exactly.
+    stop cleanly with a checkpoint; --resume continues exactly; --config
+    RUN/config.json repeats a run.
     """
     resume = opts.pop("resume")
     device = resolve_device(opts.pop("device"))
