@@ -295,8 +295,8 @@ def _gpu_runner():
         raise RuntimeError(f"the GPU benchmark is not available: {exc}") from exc
     runner = getattr(gpu_check, "run_gpu_bench", None)
     if runner is None:
-        raise RuntimeError("rnnfast.bench.gpu_check has no run_gpu_bench(full, cells, repeats); "
-                           "the GPU benchmark is not wired up yet")
+        raise RuntimeError("the GPU scenarios are not wired into run_bench yet (rnnfast.bench.gpu_check has no "
+                           "run_gpu_bench(full, cells, repeats)); run them with: python -m rnnfast.bench.gpu_check")
     return runner
 
 
