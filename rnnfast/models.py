@@ -29,6 +29,7 @@ from rnnfast.backend import get_array_module, to_device, to_numpy
 from rnnfast.checkpoint import CARRY_PREFIX, OPTIM_PREFIX, load_checkpoint
 from rnnfast.data import StreamBatcher
 from rnnfast.errors import CheckpointError
+from rnnfast.kernels.cpu.generate import generate
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy, mse
 from rnnfast.metrics import accuracy, bits_per_char, mae, perplexity, precision_recall_f1, rmse
@@ -288,19 +289,48 @@ class CharRNN(_Model):
         was_training = self.training
         self.eval()
         try:
-            logits, state = self.forward(np.repeat(prime_ids[:, None], num_samples, axis=1))
-            for t in range(length):
-                next_ids = sample_from_logits(to_numpy(logits[-1]), u[:, t], temperature, top_k, top_p)
-                out[:, prime_ids.size + t] = next_ids
-                emit(next_ids[:, None])
-                if t + 1 < length:
-                    logits, state = self.forward(next_ids[None, :], state)
+            if self.device == "cpu":
+                self._sample_compiled(prime_ids, u, temperature, top_k, top_p, out, emit,
+                                      chunk=length if stream is None else 16)
+            else:
+                self._sample_stepwise(prime_ids, u, temperature, top_k, top_p, out, emit)
         finally:
             self.train(was_training)
         if vocab is None:
             return out if num_samples > 1 else out[0]
         texts = [vocab.decode(row) for row in out]
         return texts if num_samples > 1 else texts[0]
+
+
+    def _sample_stepwise(self, prime_ids, u, temperature, top_k, top_p, out, emit):
+        """The plain path of :meth:`sample` (any device, and the CPU path's specification): one
+        forward step and one :func:`sample_from_logits` per id. Fills out[:, P:], emitting each id."""
+        num_samples, P = out.shape[0], prime_ids.size
+        logits, state = self.forward(np.repeat(prime_ids[:, None], num_samples, axis=1))
+        for t in range(u.shape[1]):
+            next_ids = sample_from_logits(to_numpy(logits[-1]), u[:, t], temperature, top_k, top_p)
+            out[:, P + t] = next_ids
+            emit(next_ids[:, None])
+            if t + 1 < u.shape[1]:
+                logits, state = self.forward(next_ids[None, :], state)
+
+    def _sample_compiled(self, prime_ids, u, temperature, top_k, top_p, out, emit, chunk):
+        """The CPU path of :meth:`sample`: the loop runs inside one compiled call per ``chunk`` ids
+        (:func:`rnnfast.kernels.cpu.generate.generate`, same rule and uniforms as the step loop), so
+        a stream still sees text as it comes. Fills out[:, P:] and emits each chunk."""
+        rnn = self.rnn
+        cell = f"rnn_{rnn.nonlinearity}" if rnn.cell == "rnn" else rnn.cell
+        weights = [rnn._weights(layer, "", np) for layer in range(rnn.num_layers)]
+        num_samples, P = out.shape[0], prime_ids.size
+        state = rnn._check_state(None, num_samples, np)
+        feed = np.repeat(prime_ids[None, :], num_samples, axis=0)
+        for start in range(0, u.shape[1], max(chunk, 1)):
+            ids, state = generate(cell, weights, self.embed.params["weight"], self.head.params["weight"],
+                                  self.head.params["bias"], state, feed, u[:, start:start + chunk],
+                                  temperature, top_k, top_p)
+            out[:, P + start:P + start + ids.shape[1]] = ids
+            emit(ids)
+            feed = ids[:, -1:]
 
 
 # -- many-to-one and many-to-many sequence models -----------------------------------------------

@@ -84,15 +84,19 @@ def test_generate_float32_and_prime_of_one(cell):
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
-def test_generate_matches_charrnn_sample(cell):
+@pytest.mark.parametrize("stream", [False, True])
+def test_charrnn_sample_compiled_equals_stepwise(cell, stream):
+    """CharRNN.sample on the CPU runs the compiled loop (in chunks when streaming); the step-by-step
+    path it replaces, which the GPU still runs, is its specification."""
     model = rf.models.CharRNN(vocab_size=V, hidden_size=H, num_layers=L, cell=cell, embedding_dim=E, seed=3)
     prime = np.array([1, 4, 2])
-    want = model.sample(prime, N, temperature=0.8, top_p=0.9, seed=5)
-    p = model.params
-    weights = [tuple(p[f"rnn.{name}_l{layer}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-               for layer in range(L)]
-    state = tuple(np.zeros((L, 1, H), np.float32) for _ in range(2 if cell == "lstm" else 1))
-    uniforms = rf.random.uniform((1, N), 5, stream=0, dtype=np.float64)
-    ids, _ = generate("rnn_tanh" if cell == "rnn" else cell, weights, p["embed.weight"], p["head.weight"],
-                      p["head.bias"], state, prime[None], uniforms, temperature=0.8, top_p=0.9)
-    np.testing.assert_array_equal(ids[0], want[len(prime):])
+    pieces = []
+    got = model.sample(prime, 40, temperature=0.8, top_p=0.9, seed=5, num_samples=2,
+                       stream=pieces.append if stream else None)
+    uniforms = rf.random.uniform((2, 40), 5, stream=0, dtype=np.float64)
+    want = np.empty((2, len(prime) + 40), np.int32)
+    want[:, :len(prime)] = prime
+    model._sample_stepwise(prime, uniforms, 0.8, None, 0.9, want, lambda ids: None)
+    np.testing.assert_array_equal(got, want)
+    if stream:
+        np.testing.assert_array_equal(np.concatenate(pieces, axis=1), want)
