@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnfast.backend import get_array_module
+from rnnfast.backend import get_array_module, get_backend
 from rnnfast.module import Module
 from rnnfast.random import dropout_mask
 
@@ -90,11 +90,11 @@ class Linear(Module):
     def forward(self, x):
         """x: (..., in_features) -> y: (..., out_features)."""
         weight = self._params["weight"]
-        get_array_module(x, weight)  # a NumPy/CuPy mix is a clear TypeError here, not deep in the GEMM
+        matmul = get_backend(x, weight).kernels.matmul  # a NumPy/CuPy mix is a clear TypeError here
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects input (..., {self.in_features}), got shape {tuple(x.shape)}")
         self._x = x
-        y = x @ weight.T
+        y = matmul(x.reshape(-1, self.in_features), weight.T).reshape(x.shape[:-1] + (self.out_features,))
         if "bias" in self._params:
             y += self._params["bias"]
         return y
@@ -106,10 +106,11 @@ class Linear(Module):
             raise ValueError(f"Linear.backward: dy has shape {dy.shape}, expected {x.shape[:-1] + (self.out_features,)}")
         # flatten the leading dims so each parameter gradient is one GEMM
         dy2 = dy.reshape(-1, self.out_features)
-        self._grads["weight"] += dy2.T @ x.reshape(-1, self.in_features)
+        matmul = get_backend(dy, x).kernels.matmul
+        self._grads["weight"] += matmul(dy2.T, x.reshape(-1, self.in_features))
         if "bias" in self._grads:
             self._grads["bias"] += dy2.sum(axis=0)
-        return dy @ self._params["weight"]
+        return matmul(dy2, self._params["weight"]).reshape(x.shape)
 
 
 class Dropout(Module):

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
+from rnnfast.kernels.cpu.gemm import matmul
 
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
 GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
@@ -164,7 +165,7 @@ def generate(cell, weights, embedding, w_out, b_out, state, prime, uniforms, tem
     GH, H = weights[0][1].shape
     # Folding b_hh into the input side is exact for all but the GRU, where b_hn sits inside r * (.)
     fold = cell != "gru"
-    emb_proj = (embedding @ w_ih0.T + b_ih0 + (b_hh0 if fold else 0)).astype(dtype)
+    emb_proj = (matmul(embedding, w_ih0.T) + b_ih0 + (b_hh0 if fold else 0)).astype(dtype)
     w_ih = np.stack([w[0] for w in weights[1:]]).astype(dtype) if len(weights) > 1 else np.zeros((0, GH, H), dtype)
     w_hh = np.stack([w[1] for w in weights]).astype(dtype)
     b_ih = np.stack([w[2] + (w[3] if fold else 0) for w in weights]).astype(dtype)
