@@ -135,13 +135,13 @@ def _median_ms(fn, reps, torch):
     return statistics.median(times)
 
 
-def _timing_table(kernels, cp, torch, reps):
+def _timing_table(kernels, cp, torch, reps, shapes=SHAPES, cells=("lstm", "gru", "rnn"), log=print):
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
-    for shape in SHAPES:
+    for shape in shapes:
         T, B, I, H = shape
-        for cell in ("lstm", "gru", "rnn"):
+        for cell in cells:
             case = make_case(cell, T, B, I, H, np.float32, False)
             x = cp.asarray(case["x"])
             state = [cp.asarray(s) for s in case["state"]]
@@ -189,13 +189,52 @@ def _timing_table(kernels, cp, torch, reps):
                        cudnn_fwd=_median_ms(torch_fwd, reps, torch), cudnn_fb=_median_ms(torch_fb, reps, torch))
             row["ratio_fb"] = row["ours_fb"] / row["cudnn_fb"]
             rows.append(row)
-            print(f"time {shape!s:22s} {cell:4s} rnnfast fwd {row['ours_fwd']:8.3f} ms  f+b {row['ours_fb']:8.3f} ms | "
+            log(f"time {shape!s:22s} {cell:4s} rnnfast fwd {row['ours_fwd']:8.3f} ms  f+b {row['ours_fb']:8.3f} ms | "
                   f"cuDNN fwd {row['cudnn_fwd']:8.3f} ms  f+b {row['cudnn_fb']:8.3f} ms | f+b ratio "
-                  f"{row['ratio_fb']:.2f} | agree {agree:.1e}", flush=True)
+                  f"{row['ratio_fb']:.2f} | agree {agree:.1e}")
             del module, tx, ts, x, state, weights, dy
             cp.get_default_memory_pool().free_all_blocks()
             torch.cuda.empty_cache()
     return rows
+
+
+def _cublas_sgemm_gflops(cp, torch, n=4096, reps=10):
+    a = cp.random.standard_normal((n, n), dtype=cp.float32)
+    b = cp.random.standard_normal((n, n), dtype=cp.float32)
+    return 2 * n**3 / (_median_ms(lambda: a @ b, reps, torch) * 1e-3) / 1e9
+
+
+def run_gpu_bench(full=False, cells=None, repeats=None):
+    """``rnnfast bench --device gpu``: the timing table as rows of the CPU harness's format, so
+    :func:`rnnfast.bench.harness.format_table` prints it. The ratio is cuDNN's time over rnnfast's,
+    as on the CPU (above 1, rnnfast is faster). The quick set is the smallest and the batch-1 shape;
+    ``full`` is all four. ``cells`` names from "lstm", "gru", "rnn"/"rnn_tanh"."""
+    import cupy as cp
+    import torch
+
+    from rnnfast.bench.harness import machine_info
+    from rnnfast.kernels import cuda as kernels
+
+    wanted = ("lstm", "gru", "rnn") if not cells else tuple(dict.fromkeys(c.split("_")[0] for c in cells))
+    shapes = SHAPES if full else [SHAPES[0], SHAPES[-1]]
+    gpu = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    sgemm = _cublas_sgemm_gflops(cp, torch)
+    host = machine_info()
+    results = [{**host, "kind": "machine", "cpu": f"{gpu} (host {host['cpu']})",
+                "sgemm_gflops": {"cuBLAS fp32": sgemm}}]
+    timed = _timing_table(kernels, cp, torch, repeats or 10, shapes, wanted,
+                          log=lambda line: print(line, file=sys.stderr, flush=True))
+    for r in timed:
+        T, B, I, H = r["shape"]
+        flops = 2 * T * B * GATES[r["cell"]] * H * (I + H)  # one forward's GEMM work
+        results.append({
+            "scenario": f"fwd+bwd {r['cell']} {tuple(r['shape'])}", "kind": "fwd+bwd", "cell": r["cell"],
+            "T": T, "B": B, "I": I, "H": H, "max_rel_err": r["agree"],
+            "fwd_ms": r["ours_fwd"], "torch_fwd_ms": r["cudnn_fwd"], "fwd_ratio": r["cudnn_fwd"] / r["ours_fwd"],
+            "ms": r["ours_fb"], "torch_ms": r["cudnn_fb"], "ratio": r["cudnn_fb"] / r["ours_fb"],
+            "gflops": 3 * flops / (r["ours_fb"] * 1e-3) / 1e9, "sgemm_gflops": sgemm,
+            "sgemm_frac": 3 * flops / (r["ours_fb"] * 1e-3) / 1e9 / sgemm, "load_before": 0.0, "load_after": 0.0})
+    return results
 
 
 def _host_overhead(kernels, cp):
