@@ -31,6 +31,9 @@ LIMITS = ("steps", "epochs", "time_budget")
 # With no --steps, --epochs or --time-budget a run stops after this many seconds: long enough for
 # the default model to learn visibly on two CPU cores, short enough to finish while you watch.
 DEFAULT_TIME_BUDGET = 180.0
+# The default 2x128 character model overfits the 61 KB built-in corpus within a minute without
+# dropout (validation 1.75 nats/char at step 600, 2.26 by step 1900); with 0.3 it reaches 1.68.
+DEFAULT_DROPOUT = {"charlm": 0.3, "forecast": 0.0, "classify": 0.0}
 
 CHECKPOINTS = ("latest.safetensors", "best.safetensors")
 STOP_REASONS = {"steps": "--steps reached", "epochs": "--epochs reached", "time_budget": "--time-budget used up",
@@ -131,8 +134,9 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
               help="Recurrent cell (rnn is the tanh RNN).")
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden units per layer.")
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
-              help="Dropout between layers and before the output layer, in [0, 1).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
+              help="Dropout between layers and before the output layer, in [0, 1). "
+                   "[default: 0.3 for charlm, 0 for forecast and classify]")
 @click.option("--bidirectional", is_flag=True,
               help="Read each sequence both ways (forecast and classify; a character model must read forwards).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,
@@ -201,6 +205,8 @@ def train(ctx, **opts):
     saved_limits = meta = None
     if resume is not None:
         opts, saved_limits, meta = _resumed_options(ctx, opts, resume)
+    if opts["dropout"] is None:
+        opts["dropout"] = DEFAULT_DROPOUT[opts["task"]]
     if opts["bidirectional"] and opts["task"] == "charlm":
         raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
     limits = _limits(ctx, opts, saved_limits)
