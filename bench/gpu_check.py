@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnfast.errors import RnnfastError
+
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
 TOLERANCE = {np.float64: 1e-9, np.float32: 1e-4}  # relative to the largest reference magnitude
 SHAPES = [(100, 32, 128, 256), (100, 64, 512, 512), (100, 256, 1024, 1024), (200, 1, 256, 256)]
@@ -210,7 +212,12 @@ def run_gpu_bench(full=False, cells=None, repeats=None):
     as on the CPU (above 1, rnnfast is faster). The quick set is the smallest and the batch-1 shape;
     ``full`` is all four. ``cells`` names from "lstm", "gru", "rnn"/"rnn_tanh"."""
     import cupy as cp
-    import torch
+
+    try:
+        import torch
+    except ImportError:
+        raise RnnfastError("the GPU benchmark times cuDNN through PyTorch alongside rnnfast; "
+                           "install torch with CUDA support (pip install torch) and run it again") from None
 
     from rnnfast.bench.harness import machine_info
     from rnnfast.kernels import cuda as kernels

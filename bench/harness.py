@@ -288,18 +288,6 @@ def _run_scenario(s: Scenario, repeats: int) -> dict:
     raise ValueError(f"unknown scenario kind {s.kind!r}")
 
 
-def _gpu_runner():
-    try:
-        from rnnfast.bench import gpu_check
-    except ImportError as exc:
-        raise RuntimeError(f"the GPU benchmark is not available: {exc}") from exc
-    runner = getattr(gpu_check, "run_gpu_bench", None)
-    if runner is None:
-        raise RuntimeError("the GPU scenarios are not wired into run_bench yet (rnnfast.bench.gpu_check has no "
-                           "run_gpu_bench(full, cells, repeats)); run them with: python -m rnnfast.bench.gpu_check")
-    return runner
-
-
 def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None, progress=None) -> list[dict]:
     """Run the quick (or ``full``) scenario set and return one dict per scenario.
 
@@ -309,7 +297,9 @@ def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None,
     ``error``. ``progress``, if given, is called with each result as it lands.
     """
     if device == "gpu":
-        return _gpu_runner()(full=full, cells=cells, repeats=repeats)
+        from rnnfast.bench.gpu_check import run_gpu_bench
+
+        return run_gpu_bench(full=full, cells=cells, repeats=repeats)
     if device != "cpu":
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     repeats = repeats or (FULL_REPEATS if full else QUICK_REPEATS)

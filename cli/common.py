@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from rnnfast.backend import GPU_INSTALL_HINT, gpu_unavailable_reason
+from rnnfast.backend import GPU_INSTALL_HINT, backend_for_device
 from rnnfast.errors import RnnfastError
 
 try:
@@ -128,13 +128,9 @@ def device_option(default: str = "auto"):
 
 def resolve_device(device: str) -> str:
     """"cpu" or "gpu" for a ``--device`` value; an unusable GPU asked for by name is a one-line error."""
-    device = device.lower()
-    if device == "cpu":
-        return "cpu"
-    reason = gpu_unavailable_reason()
-    if reason is None:
-        return "gpu"
-    if device == "gpu":
+    try:
+        return backend_for_device(device).name
+    except RuntimeError as exc:  # the backend's reason, which says what to install
+        reason = str(exc)
         hint = "" if GPU_INSTALL_HINT in reason else f"; to use a GPU, {GPU_INSTALL_HINT}"
         raise click.ClickException(f"--device gpu: no usable GPU: {reason}{hint}; or run with --device cpu")
-    return "cpu"

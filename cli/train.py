@@ -234,7 +234,10 @@ def train(ctx, **opts):
                                  "baseline_name": td.baseline_name}},
         resume=resume,
     )
-    out.mkdir(parents=True, exist_ok=True)
+    try:  # only now, so that bad input leaves no empty run directory behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise click.UsageError(f"cannot create the run directory {out} ({exc.strerror}); choose another --out")
     (out / "config.json").write_text(json.dumps({**run_options, **limits, "eval_every": eval_every}, indent=2) + "\n")
 
     n_params = sum(int(p.size) for p in model.params.values())

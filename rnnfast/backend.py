@@ -158,5 +158,11 @@ def to_device(a, device: str):
 
 
 def to_numpy(a):
-    """A NumPy copy/view of any array (CuPy arrays are copied to the host)."""
+    """A NumPy copy/view of any array: CuPy arrays are copied to the host, torch tensors converted
+    (bfloat16 as float32, which NumPy lacks); torch is recognised by duck type, never imported."""
+    if hasattr(a, "detach"):
+        a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":
+            a = a.float()
+        return a.numpy()
     return to_device(a, "cpu")

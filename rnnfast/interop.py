@@ -35,11 +35,6 @@ _GRU_KERAS_ORDER = (1, 0, 2)
 
 def _as_numpy(value) -> np.ndarray:
     """A NumPy copy of a NumPy/CuPy array or a torch tensor."""
-    if hasattr(value, "detach"):  # a torch tensor, checked by duck type so torch is never imported
-        value = value.detach().cpu()
-        if str(value.dtype) == "torch.bfloat16":  # NumPy has no bfloat16
-            value = value.float()
-        return value.numpy().copy()
     return np.array(to_numpy(value))
 
 

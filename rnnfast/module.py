@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from rnnfast.backend import get_array_module, is_gpu_array, to_device
+from rnnfast.backend import get_array_module, is_gpu_array, to_device, to_numpy
 
 
 class Module:
@@ -78,7 +78,7 @@ class Module:
                 continue
             target = own[name]
             if hasattr(value, "detach"):  # a torch tensor
-                value = value.detach().cpu().numpy()
+                value = to_numpy(value)
             if tuple(value.shape) != tuple(target.shape):
                 raise ValueError(
                     f"state_dict[{name!r}] has shape {tuple(value.shape)}, expected {tuple(target.shape)}"

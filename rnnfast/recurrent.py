@@ -114,14 +114,16 @@ class _Recurrent(Module):
         if not bool(xp.isfinite(x).all()):
             raise ValueError("x contains NaN or Inf values")
 
-    def _check_state(self, state, B, xp):
+    def _check_state(self, state, B, xp, parts=("h0", "c0")):
+        """state (or a gradient of one, named by ``parts``) as a tuple of (D*L, B, H) arrays."""
         expected = (self.num_layers * self.num_directions, B, self.hidden_size)
-        parts = ("h0", "c0") if self.has_cell_state else ("h0",)
+        parts = parts if self.has_cell_state else parts[:1]
+        what = f"a tuple ({', '.join(parts)})"
         if state is None:
             return tuple(xp.zeros(expected, self.dtype) for _ in parts)
         if self.has_cell_state:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise ValueError(f"state must be a tuple (h0, c0) of arrays {expected}")
+                raise ValueError(f"{what} of arrays {expected} is needed, got {type(state).__name__}")
         else:
             state = (state,)
         for name, s in zip(parts, state):
@@ -236,8 +238,8 @@ class _Recurrent(Module):
         n_parts = 2 if self.has_cell_state else 1
         if dstate is None:
             dstate = (None,) * n_parts
-        elif not self.has_cell_state:
-            dstate = (dstate,)
+        else:
+            dstate = self._check_state(dstate, B, xp, ("dhT", "dcT"))
         dstate0 = [xp.zeros((self.num_layers * D, B, H), self.dtype) for _ in range(n_parts)]
         dy = dy.astype(self.dtype, copy=False)
         for layer in reversed(range(self.num_layers)):

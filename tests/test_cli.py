@@ -313,6 +313,12 @@ def test_train_bad_input(case, args, message, bad_files, tmp_path, char_run):
     assert digests(good) == before
 
 
+def test_an_unwritable_run_directory_is_one_line(corpus, tmp_path):
+    (tmp_path / "a-file").write_text("not a directory")
+    result = run("train", corpus, *TINY, "--steps", 1, "--out", tmp_path / "a-file" / "run", ok=False)
+    assert "cannot create the run directory" in result.stderr
+
+
 def test_the_named_encoding_reads_a_latin1_file(bad_files, tmp_path):
     run("train", bad_files["latin1"], "--encoding", "latin-1", *TINY, "--steps", 1, "--out", tmp_path / "run")
 

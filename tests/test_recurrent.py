@@ -265,6 +265,12 @@ def test_grads_accumulate_and_zero():
     (lambda l: l(np.zeros((4, 2, 3), np.float32), lengths=np.array([5, 1])), ValueError, "1..T=4"),
     (lambda l: l(np.zeros((4, 2, 3), np.float32), lengths=np.array([1.0, 2.0])), TypeError, "integers"),
     (lambda l: l.backward(np.zeros((4, 2, 5), np.float32)), RuntimeError, "before forward"),
+    (lambda l: (l(np.zeros((4, 2, 3), np.float32)), l.backward(np.zeros((4, 2, 5), np.float32),
+                                                                (np.zeros((1, 7, 5), np.float32),) * 2)),
+     ValueError, "dhT has shape (1, 7, 5), expected (1, 2, 5)"),
+    (lambda l: (l(np.zeros((4, 2, 3), np.float32)), l.backward(np.zeros((4, 2, 5), np.float32),
+                                                                np.zeros((1, 2, 5), np.float32))),
+     ValueError, "(dhT, dcT)"),
 ])
 def test_bad_input_is_a_clear_error(make_call, error, words):
     layer = rf.LSTM(3, 5)
