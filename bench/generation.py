@@ -1,6 +1,6 @@
 """Generation scenarios: per-character sampling latency, and the cold start of a generating process.
 
-Latency: rnnfast's compiled loop (``rnnfast.kernels.cpu.generate``) against the usual PyTorch
+Latency: ``CharRNN.sample`` (on the CPU one compiled loop, ``rnnfast.kernels.cpu.generate``) against the usual PyTorch
 sampling loop, one step per character: ``Embedding`` -> ``nn.LSTM`` (state carried) -> ``Linear``
 -> ``softmax`` -> ``multinomial``, under ``no_grad``. The two draw different random numbers, so
 agreement is checked by teacher forcing: PyTorch reads rnnfast's ids and, with rnnfast's uniforms
@@ -21,7 +21,6 @@ import numpy as np
 
 import rnnfast as rf
 from rnnfast.bench.scenarios import Scenario
-from rnnfast.kernels.cpu.generate import generate
 
 
 def build_char_model(s: Scenario) -> rf.models.CharRNN:
@@ -30,28 +29,13 @@ def build_char_model(s: Scenario) -> rf.models.CharRNN:
                              embedding_dim=s.I, seed=0).eval()
 
 
-def _kernel_args(model):
-    p = model.params
-    L = model.rnn.num_layers
-    weights = [tuple(p[f"rnn.{name}_l{layer}"] for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-               for layer in range(L)]
-    return weights, p["embed.weight"], p["head.weight"], p["head.bias"]
-
-
-def _zero_state(model, B=1):
-    shape = (model.rnn.num_layers, B, model.rnn.hidden_size)
-    return tuple(np.zeros(shape, np.float32) for _ in range(2 if model.rnn.has_cell_state else 1))
-
-
 def rnnfast_sampler(model, chars: int):
-    """A no-argument function that samples ``chars`` ids after a one-id prime, batch 1."""
-    cell = model.rnn.cell if model.rnn.cell != "rnn" else f"rnn_{model.rnn.nonlinearity}"
-    args = _kernel_args(model)
-    prime = np.zeros((1, 1), np.int64)
-    uniforms = rf.random.uniform((1, chars), 0, stream=0, dtype=np.float64)
+    """A no-argument function that samples ``chars`` ids after a one-id prime, batch 1, through the
+    public ``CharRNN.sample`` (on the CPU its whole loop is one compiled call). Returns (1, chars) ids."""
+    prime = np.zeros(1, np.int64)
 
     def sample():
-        return generate(cell, *args, _zero_state(model), prime, uniforms)[0]
+        return model.sample(prime, chars, seed=0)[None, 1:]
 
     return sample
 
