@@ -25,11 +25,10 @@ import copy
 
 import numpy as np
 
-from rnnfast.backend import get_array_module, to_device, to_numpy
+from rnnfast.backend import get_array_module, get_backend, to_device, to_numpy
 from rnnfast.checkpoint import CARRY_PREFIX, OPTIM_PREFIX, load_checkpoint
 from rnnfast.data import StreamBatcher
 from rnnfast.errors import CheckpointError
-from rnnfast.kernels.cpu.generate import generate
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy, mse
 from rnnfast.metrics import accuracy, bits_per_char, mae, perplexity, precision_recall_f1, rmse
@@ -289,8 +288,9 @@ class CharRNN(_Model):
         was_training = self.training
         self.eval()
         try:
-            if self.device == "cpu":
-                self._sample_compiled(prime_ids, u, temperature, top_k, top_p, out, emit,
+            generate = getattr(get_backend(self.head.params["weight"]).kernels, "generate", None)
+            if generate is not None:  # a backend with a compiled sampling loop (the CPU)
+                self._sample_compiled(generate, prime_ids, u, temperature, top_k, top_p, out, emit,
                                       chunk=length if stream is None else 16)
             else:
                 self._sample_stepwise(prime_ids, u, temperature, top_k, top_p, out, emit)
@@ -314,10 +314,10 @@ class CharRNN(_Model):
             if t + 1 < u.shape[1]:
                 logits, state = self.forward(next_ids[None, :], state)
 
-    def _sample_compiled(self, prime_ids, u, temperature, top_k, top_p, out, emit, chunk):
-        """The CPU path of :meth:`sample`: the loop runs inside one compiled call per ``chunk`` ids
-        (:func:`rnnfast.kernels.cpu.generate.generate`, same rule and uniforms as the step loop), so
-        a stream still sees text as it comes. Fills out[:, P:] and emits each chunk."""
+    def _sample_compiled(self, generate, prime_ids, u, temperature, top_k, top_p, out, emit, chunk):
+        """:meth:`sample` on a backend with a compiled sampling loop (``generate``, the CPU's
+        :func:`rnnfast.kernels.cpu.generate.generate`: same rule and uniforms as the step loop), one
+        call per ``chunk`` ids so a stream still sees text as it comes. Fills out[:, P:], emitting each chunk."""
         rnn = self.rnn
         cell = f"rnn_{rnn.nonlinearity}" if rnn.cell == "rnn" else rnn.cell
         weights = [rnn._weights(layer, "", np) for layer in range(rnn.num_layers)]
