@@ -339,16 +339,15 @@ class Trainer:
             self.best_val, self.best_step, self.evals_since_best = loss, self.step, 0
         else:
             self.evals_since_best += 1
-        self._save("latest")
-        if improved:
-            self._save("best")
+        self._save(*(("latest", "best") if improved else ("latest",)))
         logs = {f"val_{k}": v for k, v in val.items()}
         logs.update(best_val_loss=self.best_val, improved=improved)
         for cb in self.callbacks:
             cb.on_eval_end(self, self.step, logs)
         return val
 
-    def _save(self, kind: str) -> None:
+    def _save(self, *kinds: str) -> None:
+        """Write the checkpoint once per kind ("latest", "best"), gathering its contents once."""
         if self.out_dir is None:
             return
         params = self.model.params
@@ -369,10 +368,11 @@ class Trainer:
             "rng": self.model.rng_state(),
             "rnnfast_version": __version__,
         }
-        path = self.out_dir / f"{kind}.safetensors"
-        save_checkpoint(path, tensors, meta)
-        for cb in self.callbacks:
-            cb.on_checkpoint(self, path, kind)
+        for kind in kinds:
+            path = self.out_dir / f"{kind}.safetensors"
+            save_checkpoint(path, tensors, meta)
+            for cb in self.callbacks:
+                cb.on_checkpoint(self, path, kind)
 
     def resume(self, path) -> dict:
         """Continue from a checkpoint this trainer's kind wrote: parameters, optimizer state (its
