@@ -15,9 +15,9 @@ from rnnfast.checkpoint import load_checkpoint
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses
 from rnnfast.cli.tasks import TASKS, build_model, check_same_data, describe_loss, read_task, task_of
-from rnnfast.data import Scaler, StreamBatcher
+from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
 from rnnfast.optim import SGD, Adagrad, Adam, AdamW, RMSprop
-from rnnfast.trainer import ArrayBatcher, Callback, JSONLLogger, ProgressBar, Trainer
+from rnnfast.trainer import Callback, JSONLLogger, ProgressBar, Trainer
 
 OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
 

@@ -18,6 +18,6 @@ from rnnfast import losses, metrics, optim
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast import checkpoint, data, interop
 from rnnfast.checkpoint import load_checkpoint, save_checkpoint
-from rnnfast.data import StreamBatcher, Vocab
+from rnnfast.data import ArrayBatcher, StreamBatcher, Vocab
 from rnnfast import models
-from rnnfast.trainer import ArrayBatcher, Callback, History, JSONLLogger, ProgressBar, Trainer, fit
+from rnnfast.trainer import Callback, History, JSONLLogger, ProgressBar, Trainer, fit

@@ -273,6 +273,60 @@ class StreamBatcher:
         self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
 
 
+class ArrayBatcher:
+    """Shuffled minibatches from in-memory arrays, for SeqRegressor and SeqClassifier.
+
+    ``arrays``: a tuple of arrays sharing their first dimension N, such as ``(X, Y)`` or
+    ``(ids, lengths, labels)``; each batch is a tuple of the same arity with ``batch_size`` rows
+    (the last batch of an epoch may be smaller). The order within epoch ``e`` is a permutation fixed by
+    ``(seed, e)``, so the position (:meth:`state_dict`) is all a resumed run needs.
+    """
+
+    def __init__(self, arrays, batch_size: int, shuffle: bool = True, seed: int = 0):
+        self.arrays = tuple(np.asarray(a) if not hasattr(a, "shape") else a for a in arrays)
+        sizes = {len(a) for a in self.arrays}
+        if len(sizes) != 1:
+            raise ValueError(f"the arrays must have the same length, got lengths {sorted(sizes)}")
+        self.num_examples = sizes.pop()
+        if self.num_examples == 0 or batch_size < 1:
+            raise ValueError(f"need at least one example and batch_size >= 1, got {self.num_examples} and {batch_size}")
+        self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
+        self.batches_per_epoch = -(-self.num_examples // self.batch_size)
+        self.epoch = self.batch_in_epoch = 0
+        self._order = None  # (epoch, permutation) of the epoch being read
+
+    def next_batch(self) -> tuple:
+        if self._order is None or self._order[0] != self.epoch:
+            n = self.num_examples
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+            self._order = (self.epoch, order)
+        start = self.batch_in_epoch * self.batch_size
+        index = self._order[1][start : start + self.batch_size]
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+        return tuple(a[index] for a in self.arrays)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple:
+        return self.next_batch()
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "batch_size": self.batch_size,
+                "num_examples": self.num_examples, "seed": self.seed, "shuffle": self.shuffle}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = (state["batch_size"], state["num_examples"])
+        if saved != (self.batch_size, self.num_examples):
+            raise CheckpointError(f"the checkpoint's data position is for batch_size {saved[0]} over {saved[1]} "
+                                  f"examples, not {self.batch_size} over {self.num_examples}; "
+                                  "resume with the same data and --batch-size")
+        self.seed, self.shuffle = int(state["seed"]), bool(state["shuffle"])
+        self.epoch, self.batch_in_epoch = int(state["epoch"]), int(state["batch_in_epoch"])
+
+
 # -- CSV and TSV tables -----------------------------------------------------------------------
 
 def _read_table(path, delimiter: str | None, encoding: str) -> list[tuple[int, list[str]]]:
