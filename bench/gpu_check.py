@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from rnnfast.bench.harness import rel_err
 from rnnfast.errors import RnnfastError
 
 GATES = {"rnn": 1, "gru": 3, "lstm": 4}
@@ -62,11 +63,6 @@ def run_kernels(kernels, cell, case, to, nonlinearity="tanh"):
     names = ["y", "hT", "cT"][: 1 + len(final)]
     names += ["dx", "dh0", "dc0"][: 1 + len(state)] + ["dw_ih", "dw_hh", "db_ih", "db_hh"]
     return dict(zip(names, [y, *final, *grads]))
-
-
-def rel_err(a, ref):
-    ref = np.asarray(ref, dtype=np.float64)
-    return float(np.abs(np.asarray(a, dtype=np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
 def parity(gpu_kernels, to_device, to_host, cell, dtype, lengths, shape, nonlinearity="tanh"):

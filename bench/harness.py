@@ -31,6 +31,7 @@ import numpy as np
 
 import rnnfast as rf
 from rnnfast.bench.scenarios import Scenario, select
+from rnnfast.kernels.cpu.gemm import dot_into
 
 try:
     import torch
@@ -66,23 +67,12 @@ def machine_info() -> dict:
     return info
 
 
-def _numba_sgemm():
-    from numba import njit
-
-    @njit(cache=True)
-    def dot_into(a, b, out):
-        np.dot(a, b, out)
-
-    return dot_into
-
-
 def _sgemm_call(n):
     """A no-argument (n, n) @ (n, n) float32 GEMM through Numba's BLAS, and its flop count."""
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     out = np.empty((n, n), np.float32)
-    dot = _numba_sgemm()
-    return (lambda: dot(a, b, out)), 2.0 * n**3
+    return (lambda: dot_into(a, b, out)), 2.0 * n**3
 
 
 def sgemm_rate(n: int = 2048, repeats: int = 7) -> dict:
@@ -90,8 +80,7 @@ def sgemm_rate(n: int = 2048, repeats: int = 7) -> dict:
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((n, n), dtype=np.float32) for _ in range(2))
     out = np.empty((n, n), np.float32)
-    numba_dot = _numba_sgemm()
-    calls = {"numba (SciPy OpenBLAS)": lambda: numba_dot(a, b, out),
+    calls = {"numba (SciPy OpenBLAS)": lambda: dot_into(a, b, out),
              "numpy": lambda: np.matmul(a, b, out=out)}
     rates = {}
     for name, call in calls.items():
@@ -140,7 +129,8 @@ def _paired_ratio(samples, ref, ours) -> float:
     return float(np.median(samples[ref] / samples[ours]))
 
 
-def _rel_err(ours, ref) -> float:
+def rel_err(ours, ref) -> float:
+    """max |ours - ref| relative to the largest |ref|."""
     ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
     return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
@@ -187,7 +177,7 @@ def _check_layers(ours, ref, x, dy, tol) -> float:
     pairs.update({f"state{i}": p for i, p in enumerate(zip(state, state_t))})
     named = dict(ref.named_parameters())
     pairs.update({f"d{k}": (g, named[k].grad) for k, g in ours.grads.items()})
-    errors = {k: _rel_err(a, b.detach().numpy()) for k, (a, b) in pairs.items()}
+    errors = {k: rel_err(a, b.detach().numpy()) for k, (a, b) in pairs.items()}
     worst = max(errors, key=errors.get)
     if errors[worst] > tol:
         raise AssertionError(f"rnnfast and PyTorch disagree on {worst}: relative error {errors[worst]:.2e} > {tol}")

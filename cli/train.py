@@ -240,7 +240,7 @@ def train(ctx, **opts):
         raise click.UsageError(f"cannot create the run directory {out} ({exc.strerror}); choose another --out")
     (out / "config.json").write_text(json.dumps({**run_options, **limits, "eval_every": eval_every}, indent=2) + "\n")
 
-    n_params = sum(int(p.size) for p in model.params.values())
+    n_params = model.num_params()
     start = f"resuming {resume} at step {trainer.step}" if resume else "training"
     click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
                f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "

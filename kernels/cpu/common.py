@@ -1,5 +1,6 @@
 """Helpers shared by the CPU kernels of every cell."""
 import numpy as np
+from numba import njit
 
 
 def prepare(x, lengths):
@@ -11,6 +12,14 @@ def prepare(x, lengths):
     else:
         lengths = np.ascontiguousarray(lengths, dtype=np.int64)
     return x, lengths
+
+
+@njit(cache=True)
+def take_valid_rows(dh, dh_rec, t, lengths):
+    """dh[b] = dh_rec[b] for the sequences still running at step t; the others carry dh unchanged."""
+    for b in range(dh.shape[0]):
+        if t < lengths[b]:
+            dh[b] = dh_rec[b]
 
 
 def contiguous(*arrays):

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare
+from rnnfast.kernels.cpu.common import contiguous, prepare, take_valid_rows
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -133,9 +133,7 @@ def _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dx, dw_ih
     for t in range(T - 1, -1, -1):
         _backward_step(dgates[t], dy[t], dh, dc, gates[t], c[t], c[t + 1], t, lengths, one, zero)
         np.dot(dgates[t], w_hh, dh_rec)
-        for b in range(B):
-            if t < lengths[b]:
-                dh[b] = dh_rec[b]
+        take_valid_rows(dh, dh_rec, t, lengths)
     dg2 = dgates.reshape(T * B, 4 * H)
     np.dot(dg2, w_ih, dx.reshape(T * B, I))
     np.dot(dg2.T, x.reshape(T * B, I), dw_ih)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit
 
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare
+from rnnfast.kernels.cpu.common import contiguous, prepare, take_valid_rows
 
 NONLINEARITIES = {"tanh": 0, "relu": 1}
 
@@ -92,9 +92,7 @@ def _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dx, dw_ih, dw_hh, d
     for t in range(T - 1, -1, -1):
         _backward_step(dpre[t], dy[t], dh, h[t + 1], t, lengths, relu, one, zero)
         np.dot(dpre[t], w_hh, dh_rec)
-        for b in range(B):
-            if t < lengths[b]:
-                dh[b] = dh_rec[b]
+        take_valid_rows(dh, dh_rec, t, lengths)
     dp2 = dpre.reshape(T * B, H)
     np.dot(dp2, w_ih, dx.reshape(T * B, I))
     np.dot(dp2.T, x.reshape(T * B, I), dw_ih)
