@@ -27,3 +27,119 @@ def test_matmul_keeps_numpy_semantics_for_mixed_and_empty():
     assert matmul(a, np.ones((3, 2), np.float64)).dtype == np.float64
     np.testing.assert_array_equal(matmul(np.ones((2, 0)), np.ones((0, 4))), np.zeros((2, 4)))
     assert matmul(np.ones((0, 3)), np.ones((3, 4))).shape == (0, 4)
+
+
+# --- the register-tiled GEMM itself -------------------------------------------------------------
+
+import os
+import subprocess
+import sys
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from rnnfast.kernels.cpu import gemm as G
+
+
+def _operands(rng, m, k, n, dtype, trans_a, trans_b):
+    a = rng.standard_normal((k, m) if trans_a else (m, k)).astype(dtype)
+    b = rng.standard_normal((n, k) if trans_b else (k, n)).astype(dtype)
+    return (a.T if trans_a else a), (b.T if trans_b else b)
+
+
+def _check(out, expected, dtype, scale):
+    tol = 2e-6 if dtype == np.float32 else 1e-13
+    assert np.abs(out - expected).max() <= tol * max(1.0, scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+# Shapes around the tile (MR rows by NR columns), the row blocks (MC) and the depth passes (KC):
+# remainders of every kind, a single row (generation), and one recurrent step's shape.
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (13, 300, 33), (1, 256, 1024), (32, 256, 1024),
+                                   (250, 513, 70), (3, 600, 17)])
+def test_gemm_matches_float64_reference(dtype, trans_a, trans_b, m, k, n):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a, b = _operands(rng, m, k, n, dtype, trans_a, trans_b)
+    expected = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.sqrt(k) * 4
+    out = np.full((m, n), np.nan, dtype)
+    G.gemm(a, b, out, False)  # overwrite: the NaNs must all go
+    _check(out, expected, dtype, scale)
+    start = rng.standard_normal((m, n)).astype(dtype)
+    acc = start.copy()
+    G.gemm(a, b, acc, True)
+    _check(acc, expected + start, dtype, scale)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_packed_weights_serve_many_products_serial_or_parallel(dtype):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((96, 40)).astype(dtype)  # (N, K): a weight used as w.T, like W_hh
+    packed = G.pack_weights(w.T)
+    assert packed.shape == (-(-96 // G.panel_width(dtype)), 40, G.panel_width(dtype))
+    for m in (1, 7, 32, 300):
+        x = rng.standard_normal((m, 40)).astype(dtype)
+        ref = x.astype(np.float64) @ w.T.astype(np.float64)
+        out_p, out_s = np.empty((m, 96), dtype), np.empty((m, 96), dtype)
+        G.gemm_packed(x, packed, out_p, False)
+        G.gemm_packed_serial(x, packed, out_s, False)
+        _check(out_p, ref, dtype, 30)
+        np.testing.assert_array_equal(out_p, out_s)  # same tiles, same order of sums
+
+
+def test_gemm_writes_only_inside_c_and_handles_empty_depth():
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((13, 9)).astype(np.float32)
+    b = rng.standard_normal((9, 35)).astype(np.float32)
+    big = np.full((15, 40), 7.0, np.float32)
+    G.gemm(a, b, big[1:14, 2:37], False)  # a view with row stride 40: the guard band stays 7
+    np.testing.assert_allclose(big[1:14, 2:37], a @ b, rtol=1e-5, atol=1e-5)
+    guard = big.copy()
+    guard[1:14, 2:37] = 7.0
+    assert (guard == 7.0).all()
+    out = np.ones((4, 3), np.float32)
+    G.gemm(np.ones((4, 0), np.float32), np.ones((0, 3), np.float32), out, True)
+    assert (out == 1).all()
+    G.gemm(np.ones((4, 0), np.float32), np.ones((0, 3), np.float32), out, False)
+    assert (out == 0).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 40), k=st.integers(1, 300), n=st.integers(1, 70), trans_a=st.booleans(),
+       trans_b=st.booleans(), accumulate=st.booleans())
+def test_gemm_any_shape(m, k, n, trans_a, trans_b, accumulate):
+    rng = np.random.default_rng(m * 7919 + k * 31 + n)
+    a, b = _operands(rng, m, k, n, np.float32, trans_a, trans_b)
+    out = rng.standard_normal((m, n)).astype(np.float32)
+    expected = a.astype(np.float64) @ b.astype(np.float64) + (out if accumulate else 0)
+    G.gemm(a, b, out, accumulate)
+    _check(out, expected, np.float32, np.sqrt(k) * 4)
+
+
+_OTHER_WIDTH = """
+import numpy as np
+from rnnfast.kernels.cpu import gemm as G
+assert G.VECTOR_BITS == {bits}, G.VECTOR_BITS
+rng = np.random.default_rng(0)
+for dtype in (np.float32, np.float64):
+    for m, k, n in ((1, 5, 3), (13, 300, 33), (40, 70, 100)):
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((n, k)).astype(dtype).T
+        out = np.empty((m, n), dtype)
+        G.gemm(a, b, out, False)
+        err = np.abs(out - a.astype(np.float64) @ b.astype(np.float64)).max()
+        assert err < 1e-4, (dtype, m, k, n, err)
+print("ok", G.MR, G.panel_width(np.float32))
+"""
+
+
+@pytest.mark.parametrize("cpu,features,bits", [("generic", "", 128), ("haswell", "+avx,+avx2,+fma,+sse4.2", 256)])
+def test_gemm_tiles_for_narrower_vectors(tmp_path, cpu, features, bits):
+    """The tile chosen for AVX2 and for 128-bit vectors (SSE, NEON), compiled for those CPUs here."""
+    env = dict(os.environ, NUMBA_CPU_NAME=cpu, NUMBA_CPU_FEATURES=features, NUMBA_CACHE_DIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", _OTHER_WIDTH.format(bits=bits)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("ok 6 ")

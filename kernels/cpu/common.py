@@ -1,6 +1,8 @@
 """Helpers shared by the CPU kernels of every cell."""
 import numpy as np
-from numba import njit
+from numba import config, njit
+
+THREADS = config.NUMBA_NUM_THREADS
 
 
 def prepare(x, lengths):
@@ -20,6 +22,17 @@ def take_valid_rows(dh, dh_rec, t, lengths):
     for b in range(dh.shape[0]):
         if t < lengths[b]:
             dh[b] = dh_rec[b]
+
+
+@njit(cache=True)
+def row_blocks(B, H):
+    """How many blocks of batch rows to run a recurrence in, one per core. Rows of a batch never
+    read each other, so each core can run its rows through all T steps with no synchronisation;
+    a block needs a few rows to keep the GEMM tile busy, and the layer enough work to pay for a
+    second core."""
+    if B * H < 2048:
+        return 1
+    return max(1, min(THREADS, B // 4))
 
 
 def contiguous(*arrays):

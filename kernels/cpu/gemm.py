@@ -1,35 +1,319 @@
-"""Matrix products for the rest of the library on the CPU, through the BLAS the kernels use.
+"""Matrix products for the CPU kernels: a register-tiled GEMM compiled by Numba.
 
-NumPy and SciPy each bundle their own OpenBLAS, and each keeps a pool of threads that spin for a
-while after a call. Numba's ``np.dot`` calls SciPy's. If the output layer's GEMMs ran on NumPy's
-pool between the recurrent kernels' GEMMs on SciPy's, the two pools would take turns spinning on
-the same two cores: a 2x128 LSTM language-model step measured 90 ms that way against 34 ms with
-every GEMM on one pool. So every CPU GEMM of a training step goes through here.
+Why not the BLAS Numba's ``np.dot`` calls? Three reasons, all measured on the 2-core machine:
+
+- The weights of a recurrent layer are multiplied once per time step. A BLAS call repacks them
+  into its panel layout every time; here they are packed once per layer call (:func:`pack_b`)
+  and every step reads the packed copy.
+- A BLAS is built for a fixed set of cores and vector widths, and the build that SciPy ships can
+  be held to AVX2 (``OPENBLAS_CORETYPE``) on a machine with AVX-512. Numba compiles this module
+  for the CPU it runs on, so the tile below uses the widest vectors that CPU has.
+- NumPy's and SciPy's OpenBLAS each keep a pool of spinning threads; GEMMs on both pools in one
+  training step fought over the two cores. Here every product of a step runs on Numba's threads.
+
+The core is a micro-kernel written directly in LLVM IR (a Numba ``@intrinsic``): an ``MR x NR``
+block of C lives in vector registers while the loop over k does ``MR * NR / lanes`` fused
+multiply-adds per step from an A panel (k-major, ``MR`` values per k) and a B panel (k-major,
+``NR`` values per k). ``NR`` is two vectors; ``MR`` fills the register file (12 rows with 32
+AVX-512 registers, 6 with 16). Around it sits the usual blocking (Goto/BLIS): B packed into
+``NR``-wide panels, A packed per ``MC x KC`` block, the blocks shared out across the cores.
 """
 import numpy as np
-from numba import njit
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import config, njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+
+def _vector_bits():
+    """Width of the vector registers Numba compiles for: 512, 256 or 128 bits."""
+    if config.CPU_NAME in (None, "host"):
+        features = llvm.get_host_cpu_features()
+        has = lambda name: features.get(name, False)  # noqa: E731
+    else:  # a build for a named CPU (NUMBA_CPU_NAME, NUMBA_CPU_FEATURES): go by its feature string
+        named = (config.CPU_FEATURES or "").split(",")
+        has = lambda name: "+" + name in named  # noqa: E731
+    if has("avx512f"):
+        return 512
+    if has("avx2") or has("avx"):
+        return 256
+    return 128
+
+
+VECTOR_BITS = _vector_bits()
+MR = 12 if VECTOR_BITS == 512 else 6     # rows of C held in registers (2 * MR accumulators)
+KC = 256                                 # depth of a pass: a B panel (KC x NR) stays in L1
+MC = 20 * MR                             # rows of A per block: about 240 KB at KC=256, in L2
+
+
+def panel_width(dtype):
+    """NR for a dtype: two vector registers of it."""
+    return 2 * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+
+
+def _microkernel(mr):
+    """An intrinsic computing C[0:mr, 0:NR] (+)= sum_p A[p, 0:mr] B[p, 0:NR] on packed panels.
+
+    Arguments: k, a, a_off, a_pstride, a_istride (A[i, p] is a[a_off + p * a_pstride + i * a_istride],
+    so A may be a packed panel or a matrix read in place), b (packed), b_off, c, c_off, ldc
+    (elements between rows of C), accumulate (0 or 1). Arrays are passed whole, offsets in elements.
+    """
+    @intrinsic
+    def micro(typingctx, k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate):
+        sig = types.void(k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate)
+
+        def codegen(context, builder, signature, args):
+            k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate = args
+            dtype = signature.args[1].dtype
+            elem = context.get_value_type(dtype)
+            lanes = VECTOR_BITS // dtype.bitwidth
+            nv = 2
+            i64 = ir.IntType(64)
+            i32 = ir.IntType(32)
+            vec = ir.VectorType(elem, lanes)
+            vptr = vec.as_pointer()
+
+            def data(arg_index, value):
+                return context.make_array(signature.args[arg_index])(context, builder, value).data
+
+            a0 = builder.gep(data(1, a), [a_off])
+            b0 = builder.gep(data(5, b), [b_off])
+            c0 = builder.gep(data(7, c), [c_off])
+            a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, i), a_istride)]) for i in range(mr)]
+            suffix = "v%d%s" % (lanes, "f32" if dtype.bitwidth == 32 else "f64")
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma." + suffix)
+            zero = ir.Constant(vec, [0.0] * lanes)
+            splat_mask = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
+            undef = ir.Constant(vec, ir.Undefined)
+            nr = ir.Constant(i64, nv * lanes)
+
+            entry = builder.block
+            loop = builder.append_basic_block("micro.loop")
+            done = builder.append_basic_block("micro.done")
+            builder.cbranch(builder.icmp_signed(">", k, ir.Constant(i64, 0)), loop, done)
+
+            builder.position_at_end(loop)
+            p = builder.phi(i64)
+            acc = [[builder.phi(vec) for _ in range(nv)] for _ in range(mr)]
+            b_row = builder.gep(b0, [builder.mul(p, nr)])
+            bv = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), align=dtype.bitwidth // 8)
+                  for v in range(nv)]
+            a_step = builder.mul(p, a_pstride)
+            nxt = []
+            for i in range(mr):
+                ai = builder.load(builder.gep(a_rows[i], [a_step]))
+                splat = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat_mask)
+                nxt.append([builder.call(fma, [splat, bv[v], acc[i][v]]) for v in range(nv)])
+            p_next = builder.add(p, ir.Constant(i64, 1))
+            tail = builder.block
+            builder.cbranch(builder.icmp_signed("<", p_next, k), loop, done)
+            p.add_incoming(ir.Constant(i64, 0), entry)
+            p.add_incoming(p_next, tail)
+            for i in range(mr):
+                for v in range(nv):
+                    acc[i][v].add_incoming(zero, entry)
+                    acc[i][v].add_incoming(nxt[i][v], tail)
+
+            builder.position_at_end(done)
+            totals = []
+            for i in range(mr):
+                for v in range(nv):
+                    total = builder.phi(vec)
+                    total.add_incoming(zero, entry)
+                    total.add_incoming(nxt[i][v], tail)
+                    totals.append(total)
+            add_old = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
+            for i in range(mr):
+                c_row = builder.gep(c0, [builder.mul(ir.Constant(i64, i), ldc)])
+                for v in range(nv):
+                    total = totals[i * nv + v]
+                    ptr = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, v * lanes)]), vptr)
+                    old = builder.load(ptr, align=dtype.bitwidth // 8)
+                    builder.store(builder.select(add_old, builder.fadd(old, total), total), ptr, align=dtype.bitwidth // 8)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return micro
+
+
+_micro_full = _microkernel(MR)
+_micro_4 = _microkernel(4)
+_micro_1 = _microkernel(1)
+
+
+@njit(inline="always")
+def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate):
+    """C[0:mr, 0:NR] (+)= A x B-panel for any mr <= MR, from the three compiled row counts."""
+    if mr == MR:
+        _micro_full(k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate)
+        return
+    i = 0
+    while i + 4 <= mr:
+        _micro_4(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, c, c_off + i * ldc, ldc, accumulate)
+        i += 4
+    while i < mr:
+        _micro_1(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, c, c_off + i * ldc, ldc, accumulate)
+        i += 1
+
+
+@njit(cache=True)
+def pack_b(b, nr):
+    """Packs b: (K, N), any strides, into NR-wide k-major panels: (ceil(N / NR), K, NR), zero padded."""
+    K, N = b.shape
+    npanels = (N + nr - 1) // nr
+    out = np.zeros((npanels, K, nr), dtype=b.dtype)
+    for jp in range(npanels):
+        j0 = jp * nr
+        width = min(nr, N - j0)
+        if b.strides[1] <= b.strides[0]:
+            for p in range(K):
+                for jj in range(width):
+                    out[jp, p, jj] = b[p, j0 + jj]
+        else:  # b is a transposed view: walk its contiguous direction
+            for jj in range(width):
+                for p in range(K):
+                    out[jp, p, jj] = b[p, j0 + jj]
+    return out
+
+
+@njit(cache=True)
+def _work_split(M, npanels, threads):
+    """Items = (block of MC rows) x (run of ``per`` B panels): at least two per thread and a
+    multiple of the thread count, so the cores stay evenly busy when M is one step's batch as
+    well as when it is every step's rows."""
+    mblocks = (M + MC - 1) // MC
+    nchunks = 1
+    while nchunks < npanels and (mblocks * nchunks < 2 * threads or (mblocks * nchunks) % threads):
+        nchunks += 1
+    per = (npanels + nchunks - 1) // nchunks
+    return mblocks, per, (npanels + per - 1) // per
+
+
+@njit(cache=True)
+def _work_item(item, nchunks, per, a, bp, c, accumulate):
+    """One item of C: rows ``i0 : i0 + MC`` times B panels ``j_lo : j_hi``, in KC-deep passes. The
+    micro-kernel reads A in place through its strides (one of them is 1): a block of A is reused
+    from cache by every panel of the item, so copying it into panels first did not pay."""
+    M, K = a.shape
+    N = c.shape[1]
+    npanels, _, nr = bp.shape
+    ldc = c.strides[0] // c.itemsize
+    si, sp = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
+    i0 = (item // nchunks) * MC
+    rows = min(MC, M - i0)
+    j_lo = (item % nchunks) * per
+    j_hi = min(npanels, j_lo + per)
+    full_panels = N // nr
+    edge = np.empty((MR, nr), dtype=c.dtype)
+    for p0 in range(0, K, KC):
+        kc = min(KC, K - p0)
+        add = 1 if (accumulate or p0 > 0) else 0
+        for jp in range(j_lo, j_hi):
+            b_off = (jp * K + p0) * nr
+            for ir in range(0, rows, MR):
+                mr = min(MR, rows - ir)
+                a_off = (i0 + ir) * si + p0 * sp
+                if jp < full_panels:
+                    _tile(mr, kc, a, a_off, sp, si, bp, b_off, c, (i0 + ir) * ldc + jp * nr, ldc, add)
+                    continue
+                # the last, partial panel goes through a scratch tile
+                _tile(mr, kc, a, a_off, sp, si, bp, b_off, edge, 0, nr, 0)
+                for i in range(mr):
+                    for j in range(N - jp * nr):
+                        if add:
+                            c[i0 + ir + i, jp * nr + j] += edge[i, j]
+                        else:
+                            c[i0 + ir + i, jp * nr + j] = edge[i, j]
+
+
+@njit(cache=True)
+def _items_serial(n_items, nchunks, per, a, bp, c, accumulate):
+    for item in range(n_items):
+        _work_item(item, nchunks, per, a, bp, c, accumulate)
+
+
+@njit(cache=True, parallel=True)
+def _items_parallel(n_items, nchunks, per, a, bp, c, accumulate):
+    for item in prange(n_items):
+        _work_item(item, nchunks, per, a, bp, c, accumulate)
+
+
+# Below this many multiply-adds a product runs on one core: starting the second costs about a
+# microsecond, which is more than half of such a product's own time.
+SERIAL_BELOW = 1 << 18
+THREADS = config.NUMBA_NUM_THREADS
+
+
+@njit(cache=True)
+def gemm_packed(a, bp, c, accumulate):
+    """c (+)= a @ b, with b given packed by :func:`pack_b`.
+
+    a: (M, K), any strides; bp: (npanels, K, NR) with NR = :func:`panel_width`; c: (M, N) with
+    unit column stride and N <= npanels * NR. accumulate: False overwrites c, True adds to it.
+    """
+    M, K = a.shape
+    N = c.shape[1]
+    if M == 0 or N == 0:
+        return
+    if K == 0:
+        if not accumulate:
+            c[:] = 0
+        return
+    if not (a.strides[0] == a.itemsize or a.strides[1] == a.itemsize):
+        a = np.ascontiguousarray(a)
+    if M * N * K < SERIAL_BELOW:
+        mblocks, per, nchunks = _work_split(M, bp.shape[0], 1)
+        _items_serial(mblocks * nchunks, nchunks, per, a, bp, c, accumulate)
+    else:
+        mblocks, per, nchunks = _work_split(M, bp.shape[0], THREADS)
+        _items_parallel(mblocks * nchunks, nchunks, per, a, bp, c, accumulate)
+
+
+@njit(cache=True)
+def gemm_packed_serial(a, bp, c, accumulate):
+    """:func:`gemm_packed` on the calling thread, for callers that share work out themselves."""
+    M, K = a.shape
+    if M == 0 or c.shape[1] == 0:
+        return
+    if K == 0:
+        if not accumulate:
+            c[:] = 0
+        return
+    if not (a.strides[0] == a.itemsize or a.strides[1] == a.itemsize):
+        a = np.ascontiguousarray(a)
+    mblocks, per, nchunks = _work_split(M, bp.shape[0], 1)
+    _items_serial(mblocks * nchunks, nchunks, per, a, bp, c, accumulate)
+
+
+@njit(cache=True)
+def pack_weights(w_t):
+    """:func:`pack_b` with the panel width of w_t's dtype."""
+    return pack_b(w_t, 2 * VECTOR_BITS // (8 * w_t.itemsize))
+
+
+@njit(cache=True)
+def gemm(a, b, c, accumulate):
+    """c (+)= a @ b for 2-D a: (M, K) and b: (K, N) of any strides; c: (M, N) with unit column stride."""
+    gemm_packed(a, pack_weights(b), c, accumulate)
 
 
 @njit(cache=True)
 def dot_into(a, b, out):
-    """out = a @ b through Numba's BLAS (2-D, one float dtype, contiguous)."""
-    np.dot(a, b, out)
+    """out = a @ b (2-D, one float dtype, out with unit column stride)."""
+    gemm(a, b, out, False)
 
 
-def _blas_ready(a):
-    return a.dtype.type in (np.float32, np.float64) and (a.flags.c_contiguous or a.flags.f_contiguous)
+def _float_pair(a, b):
+    return a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype and a.dtype.type in (np.float32, np.float64)
 
 
 def matmul(a, b):
-    """a: (M, K) @ b: (K, N) -> (M, N). Float32/float64 pairs of one dtype go through Numba's BLAS;
+    """a: (M, K) @ b: (K, N) -> (M, N). Float32/float64 pairs of one dtype go through :func:`gemm`;
     anything else (mixed or integer dtypes) is NumPy's ``@`` with its usual promotion."""
-    if a.ndim != 2 or b.ndim != 2 or a.dtype != b.dtype or a.dtype.type not in (np.float32, np.float64):
+    if not _float_pair(a, b):
         return a @ b
-    a = a if _blas_ready(a) else np.ascontiguousarray(a)
-    b = b if _blas_ready(b) else np.ascontiguousarray(b)
     out = np.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-    if a.shape[1] == 0:
-        out[...] = 0
-    elif out.size:
-        dot_into(a, b, out)
+    gemm(a, b, out, False)
     return out

@@ -11,34 +11,34 @@ turns the one into the other in place between their GEMMs.
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare
+from rnnfast.kernels.cpu.common import contiguous, prepare, row_blocks
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
 def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one, zero):
-    # Passes over few arrays each: LLVM vectorises a loop only when a bounded number of runtime
-    # checks proves its arrays do not overlap (see lstm._forward_step).
+    # Gate views and short loops indexed from 0, so LLVM vectorises them (see lstm._forward_step).
     B, H = h_prev.shape
-    r_idx, z_idx, n_idx = 0, H, 2 * H
+    bh_r, bh_z, bh_n = b_hh[:H], b_hh[H:2 * H], b_hh[2 * H:]
     for b in range(B):
         if t < lengths[b]:
-            g_row = gates_t[b]
-            hw_row = hw[b]
-            for j in range(r_idx, n_idx):  # r and z
-                g_row[j] = sigmoid(g_row[j] + hw_row[j] + b_hh[j])
-            hn_row = hn_t[b]
+            g_row, hw_row = gates_t[b], hw[b]
+            g_r, g_z, g_n = g_row[:H], g_row[H:2 * H], g_row[2 * H:]
+            hw_r, hw_z, hw_n = hw_row[:H], hw_row[H:2 * H], hw_row[2 * H:]
+            hn_row, h_row, h_prev_row = hn_t[b], h_next[b], h_prev[b]
             for j in range(H):
-                hn = hw_row[n_idx + j] + b_hh[n_idx + j]
-                hn_row[j] = hn
-                g_row[n_idx + j] = tanh(g_row[n_idx + j] + g_row[r_idx + j] * hn)
-            h_row = h_next[b]
-            h_prev_row = h_prev[b]
+                g_r[j] = sigmoid(g_r[j] + hw_r[j] + bh_r[j])
             for j in range(H):
-                z = g_row[z_idx + j]
-                h_row[j] = (one - z) * g_row[n_idx + j] + z * h_prev_row[j]
+                g_z[j] = sigmoid(g_z[j] + hw_z[j] + bh_z[j])
+            for j in range(H):
+                hn_row[j] = hw_n[j] + bh_n[j]
+            for j in range(H):
+                g_n[j] = tanh(g_n[j] + g_r[j] * hn_row[j])
+            for j in range(H):
+                h_row[j] = (one - g_z[j]) * g_n[j] + g_z[j] * h_prev_row[j]
             y_t[b] = h_row
         else:
             h_next[b] = h_prev[b]
@@ -48,21 +48,36 @@ def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one,
 
 
 @njit(cache=True)
+def _forward_rows(b0, b1, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
+    """The recurrence for batch rows b0:b1, all T steps: rows never read each other."""
+    one = h[0, 0, 0] * 0 + 1
+    zero = one - one
+    for t in range(gates.shape[0]):
+        gemm_packed_serial(h[t, b0:b1], w_hh_t, hw[b0:b1], False)
+        _forward_step(gates[t, b0:b1], hn[t, b0:b1], hw[b0:b1], b_hh, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1],
+                      t, lengths[b0:b1], one, zero)
+
+
+@njit(cache=True, parallel=True)
+def _forward_recurrence(blocks, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
+    B = h.shape[1]
+    per = (B + blocks - 1) // blocks
+    for k in prange(blocks):
+        _forward_rows(k * per, min(B, (k + 1) * per), w_hh_t, b_hh, lengths, y, h, gates, hn, hw)
+
+
+@njit(cache=True)
 def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, h, gates, hn):
     """x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,); lengths: (B,).
     Writes y: (T, B, H), h: (T+1, B, H), gates: (T, B, 3H) = r, z, n and hn: (T, B, H) = W_hn h + b_hn."""
     T, B, I = x.shape
     H = h0.shape[1]
-    one = h0[0, 0] * 0 + 1
-    zero = one - one
     g2 = gates.reshape(T * B, 3 * H)
-    np.dot(x.reshape(T * B, I), w_ih.T, g2)
+    gemm(x.reshape(T * B, I), w_ih.T, g2, False)
     g2 += b_ih
     h[0] = h0
-    hw = np.empty((B, 3 * H), dtype=x.dtype)
-    for t in range(T):
-        np.dot(h[t], w_hh.T, hw)
-        _forward_step(gates[t], hn[t], hw, b_hh, h[t], h[t + 1], y[t], t, lengths, one, zero)
+    hw = np.empty((B, 3 * H), dtype=x.dtype)  # W_hh h of the current step, rows split across cores
+    _forward_recurrence(row_blocks(B, H), pack_weights(w_hh.T), b_hh, lengths, y, h, gates, hn, hw)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
@@ -86,37 +101,57 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
 
 @njit(cache=True, fastmath=True, error_model="numpy")
 def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, lengths, one, zero):
-    # Two passes over few arrays each (see _forward_step): through h' = (1 - z) * n + z * h
-    # first, then through n's reset gate r.
+    # Gate views and short loops (see _forward_step): through h' = (1 - z) * n + z * h first,
+    # then through n's reset gate r.
     B, H = dh.shape
-    r_idx, z_idx, n_idx = 0, H, 2 * H
     for b in range(B):
-        dgx_row = dgates_x_t[b]
-        dgh_row = dgates_h_t[b]
+        dgx_row, dgh_row = dgates_x_t[b], dgates_h_t[b]
         if t < lengths[b]:
             g_row = gates_t[b]
-            dh_row = dh[b]
-            dy_row = dy_t[b]
-            h_prev_row = h_prev[b]
+            g_r, g_z, g_n = g_row[:H], g_row[H:2 * H], g_row[2 * H:]
+            dx_r, dx_z, dx_n = dgx_row[:H], dgx_row[H:2 * H], dgx_row[2 * H:]
+            dh_r, dh_z, dh_n = dgh_row[:H], dgh_row[H:2 * H], dgh_row[2 * H:]
+            dh_row, dy_row, h_prev_row, hn_row = dh[b], dy_t[b], h_prev[b], hn_t[b]
             for j in range(H):
-                z = g_row[z_idx + j]
-                n = g_row[n_idx + j]
-                dh_j = dh_row[j] + dy_row[j]
-                dgx_row[n_idx + j] = dh_j * (one - z) * (one - n * n)
-                dgx_row[z_idx + j] = dh_j * (h_prev_row[j] - n) * z * (one - z)
-                dh_row[j] = dh_j * z  # the direct path; the recurrent GEMM adds the rest
-            hn_row = hn_t[b]
+                dh_row[j] += dy_row[j]
             for j in range(H):
-                r = g_row[r_idx + j]
-                dn = dgx_row[n_idx + j]
-                dr = dn * hn_row[j] * r * (one - r)
-                dgx_row[r_idx + j] = dr
-                dgh_row[r_idx + j] = dr
-                dgh_row[z_idx + j] = dgx_row[z_idx + j]
-                dgh_row[n_idx + j] = dn * r
+                dx_n[j] = dh_row[j] * (one - g_z[j]) * (one - g_n[j] * g_n[j])
+            for j in range(H):
+                z = g_z[j]
+                dx_z[j] = dh_row[j] * (h_prev_row[j] - g_n[j]) * z * (one - z)
+            for j in range(H):
+                dh_row[j] *= g_z[j]  # the direct path; the recurrent GEMM adds the rest
+            for j in range(H):
+                r = g_r[j]
+                dx_r[j] = dx_n[j] * hn_row[j] * r * (one - r)
+            for j in range(H):
+                dh_r[j] = dx_r[j]
+            for j in range(H):
+                dh_z[j] = dx_z[j]
+            for j in range(H):
+                dh_n[j] = dx_n[j] * g_r[j]
         else:
             dgx_row[:] = zero
             dgh_row[:] = zero
+
+
+@njit(cache=True)
+def _backward_rows(b0, b1, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h):
+    """BPTT through batch rows b0:b1, all T steps."""
+    one = h[0, 0, 0] * 0 + 1
+    zero = one - one
+    for t in range(gates.shape[0] - 1, -1, -1):
+        _backward_step(dgates[t, b0:b1], dgates_h[b0:b1], dy[t, b0:b1], dh[b0:b1], gates[t, b0:b1], hn[t, b0:b1],
+                       h[t, b0:b1], t, lengths[b0:b1], one, zero)
+        gemm_packed_serial(dgates_h[b0:b1], w_hh_p, dh[b0:b1], True)  # zero where a row has ended
+
+
+@njit(cache=True, parallel=True)
+def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h):
+    B = dh.shape[0]
+    per = (B + blocks - 1) // blocks
+    for k in prange(blocks):
+        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h)
 
 
 @njit(cache=True)
@@ -127,23 +162,18 @@ def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dx, dw_ih, d
     dh: (B, H) enters as dhT and leaves as dh0."""
     T, B, I = x.shape
     H = dh.shape[1]
-    one = h[0, 0, 0] * 0 + 1
-    zero = one - one
-    dgates_h_t = np.empty((B, 3 * H), dtype=x.dtype)
-    dh_rec = np.empty((B, H), dtype=x.dtype)
-    for t in range(T - 1, -1, -1):
-        _backward_step(dgates[t], dgates_h_t, dy[t], dh, gates[t], hn[t], h[t], t, lengths, one, zero)
-        np.dot(dgates_h_t, w_hh, dh_rec)
-        dh += dh_rec  # rows past a length have zero gate gradients, so dh_rec is zero there
+    dgates_h = np.empty((B, 3 * H), dtype=x.dtype)
+    _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, lengths, h, gates, hn, dgates, dgates_h)
     dg2 = dgates.reshape(T * B, 3 * H)
-    np.dot(dg2, w_ih, dx.reshape(T * B, I))
-    np.dot(dg2.T, x.reshape(T * B, I), dw_ih)
+    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
+    gemm(dg2.T, x.reshape(T * B, I), dw_ih, False)
     db_ih[:] = dg2.sum(axis=0)
     g2 = gates.reshape(T * B, 3 * H)
     for row in range(T * B):
+        dn, r = dg2[row, 2 * H:], g2[row, :H]
         for j in range(H):
-            dg2[row, 2 * H + j] *= g2[row, j]  # dn -> dn * r
-    np.dot(dg2.T, h[:T].reshape(T * B, H), dw_hh)
+            dn[j] *= r[j]  # dn -> dn * r
+    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, False)
     db_hh[:] = dg2.sum(axis=0)
 
 

@@ -5,45 +5,58 @@
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 """
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare, take_valid_rows
+from rnnfast.kernels.cpu.common import contiguous, prepare, row_blocks, take_valid_rows
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 NONLINEARITIES = {"tanh": 0, "relu": 1}
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _forward_step(hw, bias, h_prev, h_next, y_t, t, lengths, relu, zero):
-    """h_next: (B, H) holds the input projection on entry and the new state on exit."""
+def _forward_step(bias, h_prev, h_next, y_t, t, lengths, relu, zero):
+    """h_next: (B, H) holds W_ih x + W_hh h on entry and the new state on exit."""
     B, H = h_prev.shape
     for b in range(B):
+        h_row, y_row = h_next[b], y_t[b]
         if t < lengths[b]:
             for j in range(H):
-                a = h_next[b, j] + hw[b, j] + bias[j]
-                h = max(a, zero) if relu else tanh(a)
-                h_next[b, j] = h
-                y_t[b, j] = h
+                a = h_row[j] + bias[j]
+                h_row[j] = max(a, zero) if relu else tanh(a)
+            y_t[b] = h_row
         else:
-            for j in range(H):
-                h_next[b, j] = h_prev[b, j]
-                y_t[b, j] = zero
+            h_next[b] = h_prev[b]
+            y_t[b] = zero
+
+
+@njit(cache=True)
+def _forward_rows(b0, b1, w_hh_t, bias, lengths, relu, y, h):
+    """The recurrence for batch rows b0:b1, all T steps: rows never read each other."""
+    zero = h[0, 0, 0] * 0
+    for t in range(y.shape[0]):
+        gemm_packed_serial(h[t, b0:b1], w_hh_t, h[t + 1, b0:b1], True)
+        _forward_step(bias, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1], t, lengths[b0:b1], relu, zero)
+
+
+@njit(cache=True, parallel=True)
+def _forward_recurrence(blocks, w_hh_t, bias, lengths, relu, y, h):
+    B = h.shape[1]
+    per = (B + blocks - 1) // blocks
+    for k in prange(blocks):
+        _forward_rows(k * per, min(B, (k + 1) * per), w_hh_t, bias, lengths, relu, y, h)
 
 
 @njit(cache=True)
 def _forward(x, h0, w_ih, w_hh, bias, lengths, relu, y, h):
     """x: (T, B, I); h0: (B, H); w_ih: (H, I); w_hh: (H, H); bias: (H,) = b_ih + b_hh.
-    Writes y: (T, B, H), h: (T+1, B, H). The input projection goes straight into h[1:], which each
-    step then overwrites with the state: no (T, B, H) scratch."""
+    Writes y: (T, B, H), h: (T+1, B, H). The input projection goes straight into h[1:], each step
+    adds W_hh h to it and then overwrites it with the state: no (T, B, H) scratch."""
     T, B, I = x.shape
     H = h0.shape[1]
-    zero = h0[0, 0] * 0
-    np.dot(x.reshape(T * B, I), w_ih.T, h.reshape((T + 1) * B, H)[B:])
+    gemm(x.reshape(T * B, I), w_ih.T, h.reshape((T + 1) * B, H)[B:], False)
     h[0] = h0
-    hw = np.empty((B, H), dtype=x.dtype)
-    for t in range(T):
-        np.dot(h[t], w_hh.T, hw)
-        _forward_step(hw, bias, h[t], h[t + 1], y[t], t, lengths, relu, zero)
+    _forward_recurrence(row_blocks(B, H), pack_weights(w_hh.T), bias, lengths, relu, y, h)
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"):
@@ -68,16 +81,37 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
 def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, relu, one, zero):
     B, H = dh.shape
     for b in range(B):
+        dp_row = dpre_t[b]
         if t < lengths[b]:
+            dh_row, dy_row, h_row = dh[b], dy_t[b], h_next[b]
             for j in range(H):
-                dh_j = dh[b, j] + dy_t[b, j]
-                h = h_next[b, j]
+                dh_j = dh_row[j] + dy_row[j]
+                h = h_row[j]
                 if relu:
-                    dpre_t[b, j] = dh_j if h > zero else zero
+                    dp_row[j] = dh_j if h > zero else zero
                 else:
-                    dpre_t[b, j] = dh_j * (one - h * h)
+                    dp_row[j] = dh_j * (one - h * h)
         else:
-            dpre_t[b, :] = zero
+            dp_row[:] = zero
+
+
+@njit(cache=True)
+def _backward_rows(b0, b1, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec):
+    """BPTT through batch rows b0:b1, all T steps."""
+    one = h[0, 0, 0] * 0 + 1
+    zero = one - one
+    for t in range(dpre.shape[0] - 1, -1, -1):
+        _backward_step(dpre[t, b0:b1], dy[t, b0:b1], dh[b0:b1], h[t + 1, b0:b1], t, lengths[b0:b1], relu, one, zero)
+        gemm_packed_serial(dpre[t, b0:b1], w_hh_p, dh_rec[b0:b1], False)
+        take_valid_rows(dh[b0:b1], dh_rec[b0:b1], t, lengths[b0:b1])
+
+
+@njit(cache=True, parallel=True)
+def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec):
+    B = dh.shape[0]
+    per = (B + blocks - 1) // blocks
+    for k in prange(blocks):
+        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
 
 
 @njit(cache=True)
@@ -86,17 +120,12 @@ def _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dx, dw_ih, dw_hh, d
     dh: (B, H) enters as dhT and leaves as dh0."""
     T, B, I = x.shape
     H = dh.shape[1]
-    one = h[0, 0, 0] * 0 + 1
-    zero = one - one
     dh_rec = np.empty((B, H), dtype=x.dtype)
-    for t in range(T - 1, -1, -1):
-        _backward_step(dpre[t], dy[t], dh, h[t + 1], t, lengths, relu, one, zero)
-        np.dot(dpre[t], w_hh, dh_rec)
-        take_valid_rows(dh, dh_rec, t, lengths)
+    _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, lengths, h, relu, dpre, dh_rec)
     dp2 = dpre.reshape(T * B, H)
-    np.dot(dp2, w_ih, dx.reshape(T * B, I))
-    np.dot(dp2.T, x.reshape(T * B, I), dw_ih)
-    np.dot(dp2.T, h[:T].reshape(T * B, H), dw_hh)
+    gemm(dp2, w_ih, dx.reshape(T * B, I), False)
+    gemm(dp2.T, x.reshape(T * B, I), dw_ih, False)
+    gemm(dp2.T, h[:T].reshape(T * B, H), dw_hh, False)
     db[:] = dp2.sum(axis=0)
 
 
