@@ -169,14 +169,14 @@ class _Recurrent(Module):
             y, hT, cache = kernels.rnn_forward(x, *state, *weights, lengths, self.nonlinearity)
         return y, (hT,), cache
 
-    def _run_backward(self, kernels, dy, dstate, cache):
-        """Returns dx, dstate0 tuple, (dw_ih, dw_hh, db_ih, db_hh)."""
+    def _run_backward(self, kernels, dy, dstate, cache, grads):
+        """Returns dx and the dstate0 tuple; adds the weight gradients into ``grads``."""
         if self.cell == "lstm":
-            dx, dh0, dc0, *dw = kernels.lstm_backward(dy, *dstate, cache)
-            return dx, (dh0, dc0), dw
+            dx, dh0, dc0, *_ = kernels.lstm_backward(dy, *dstate, cache, grads=grads)
+            return dx, (dh0, dc0)
         backward = kernels.gru_backward if self.cell == "gru" else kernels.rnn_backward
-        dx, dh0, *dw = backward(dy, *dstate, cache)
-        return dx, (dh0,), dw
+        dx, dh0, *_ = backward(dy, *dstate, cache, grads=grads)
+        return dx, (dh0,)
 
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x, state=None, lengths=None):
@@ -250,15 +250,14 @@ class _Recurrent(Module):
                 if d == 1:
                     dy_d = _reverse(dy_d, rev, xp)
                 dfinal = tuple(None if s is None else s[idx] for s in dstate)
-                dx_d, dinit, dw = self._run_backward(be.kernels, xp.ascontiguousarray(dy_d), dfinal, caches[idx])
+                grads = tuple(self._grads.get(f"{name}_l{layer}{suffix}")
+                              for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                dx_d, dinit = self._run_backward(be.kernels, xp.ascontiguousarray(dy_d), dfinal, caches[idx], grads)
                 if d == 1:
                     dx_d = _reverse(dx_d, rev, xp)
                 dx_layer = dx_d if dx_layer is None else dx_layer + dx_d
                 for acc, g in zip(dstate0, dinit):
                     acc[idx] = g
-                names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh") if self.bias else ("weight_ih", "weight_hh")
-                for name, g in zip(names, dw):
-                    self._grads[f"{name}_l{layer}{suffix}"] += g
             if masks[layer] is not None:
                 dx_layer = dx_layer * masks[layer]
             dy = dx_layer

@@ -37,3 +37,27 @@ def row_blocks(B, H):
 
 def contiguous(*arrays):
     return tuple(np.ascontiguousarray(a) for a in arrays)
+
+
+def weight_grads(grads, w_ih, w_hh):
+    """(dw_ih, dw_hh, accumulate) for a backward kernel: the caller's gradient arrays to add into
+    (``grads`` = (dw_ih, dw_hh, db_ih, db_hh)), or new ones to fill. Adding in place spares a
+    temporary the size of the weights and a pass over it per layer and step."""
+    if grads is None:
+        return np.empty_like(w_ih), np.empty_like(w_hh), False
+    for g, w, name in zip(grads[:2], (w_ih, w_hh), ("dw_ih", "dw_hh")):
+        if g.shape != w.shape or g.dtype != w.dtype or not g.flags.c_contiguous:
+            raise ValueError(f"grads: {name} must be a C-contiguous {w.dtype} array of shape {w.shape}")
+    return grads[0], grads[1], True
+
+
+def bias_grads(grads, db_ih, db_hh=None):
+    """The bias gradients a backward kernel returns: new arrays, or the caller's after adding
+    into them (an entry of None is skipped, as for a layer without biases). db_hh defaults to
+    db_ih: every cell but the GRU has the same gradient for both biases."""
+    if grads is None:
+        return db_ih, (db_ih.copy() if db_hh is None else db_hh)
+    for g, d in zip(grads[2:], (db_ih, db_ih if db_hh is None else db_hh)):
+        if g is not None:
+            g += d
+    return grads[2], grads[3]

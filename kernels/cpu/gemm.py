@@ -3,20 +3,24 @@
 Why not the BLAS Numba's ``np.dot`` calls? Three reasons, all measured on the 2-core machine:
 
 - The weights of a recurrent layer are multiplied once per time step. A BLAS call repacks them
-  into its panel layout every time; here they are packed once per layer call (:func:`pack_b`)
-  and every step reads the packed copy.
-- A BLAS is built for a fixed set of cores and vector widths, and the build that SciPy ships can
-  be held to AVX2 (``OPENBLAS_CORETYPE``) on a machine with AVX-512. Numba compiles this module
-  for the CPU it runs on, so the tile below uses the widest vectors that CPU has.
+  into its panel layout every time; here they are packed once per layer call (:func:`pack_weights`)
+  and every step reads the packed copy: 410-440 GFLOP/s for one step at B=32, H=256 against 160.
+- A BLAS is built for a fixed set of vector widths, and the OpenBLAS that SciPy ships can be held
+  to AVX2 (``OPENBLAS_CORETYPE``) on a machine with AVX-512 (245 GFLOP/s there). Numba compiles
+  this module for the CPU it runs on, so the tile uses the widest vectors that CPU has (440-480).
 - NumPy's and SciPy's OpenBLAS each keep a pool of spinning threads; GEMMs on both pools in one
   training step fought over the two cores. Here every product of a step runs on Numba's threads.
 
-The core is a micro-kernel written directly in LLVM IR (a Numba ``@intrinsic``): an ``MR x NR``
-block of C lives in vector registers while the loop over k does ``MR * NR / lanes`` fused
-multiply-adds per step from an A panel (k-major, ``MR`` values per k) and a B panel (k-major,
-``NR`` values per k). ``NR`` is two vectors; ``MR`` fills the register file (12 rows with 32
-AVX-512 registers, 6 with 16). Around it sits the usual blocking (Goto/BLIS): B packed into
-``NR``-wide panels, A packed per ``MC x KC`` block, the blocks shared out across the cores.
+The core is a micro-kernel written in LLVM IR (a Numba ``@intrinsic``): an ``MR x NR`` block of C
+stays in vector registers while the loop over k does ``MR * NR / lanes`` fused multiply-adds per
+step. ``NR`` is two vectors; ``MR`` fills the register file (12 rows with 32 AVX-512 registers, 6
+with 16 AVX2 or 128-bit ones). Around it sits the usual blocking (Goto/BLIS): B in ``NR``-wide
+k-major panels (packed, or a row-major matrix read in place), A read in place per ``MC x KC``
+block, and the blocks shared out across the cores (or run on the caller's thread, for callers that
+split work themselves, like the recurrences that give each core its own batch rows).
+
+Numba caches compiled code per file; after editing this file, functions in other files that call
+it may keep stale code in ``__pycache__``: delete the ``*.nbi``/``*.nbc`` files there.
 """
 import numpy as np
 from llvmlite import binding as llvm
@@ -55,16 +59,17 @@ def panel_width(dtype):
 def _microkernel(mr):
     """An intrinsic computing C[0:mr, 0:NR] (+)= sum_p A[p, 0:mr] B[p, 0:NR] on packed panels.
 
-    Arguments: k, a, a_off, a_pstride, a_istride (A[i, p] is a[a_off + p * a_pstride + i * a_istride],
-    so A may be a packed panel or a matrix read in place), b (packed), b_off, c, c_off, ldc
-    (elements between rows of C), accumulate (0 or 1). Arrays are passed whole, offsets in elements.
+    Arguments: k, a, a_off, a_pstride, a_istride (A[i, p] is a[a_off + p * a_pstride + i * a_istride]),
+    b, b_off, b_kstride (B[p, j] is b[b_off + p * b_kstride + j], so B is a packed panel or a
+    row-major matrix read in place), c, c_off, ldc (elements between rows of C), accumulate (0 or
+    1). Arrays are passed whole, offsets in elements.
     """
     @intrinsic
-    def micro(typingctx, k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate):
-        sig = types.void(k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate)
+    def micro(typingctx, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate):
+        sig = types.void(k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate)
 
         def codegen(context, builder, signature, args):
-            k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate = args
+            k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate = args
             dtype = signature.args[1].dtype
             elem = context.get_value_type(dtype)
             lanes = VECTOR_BITS // dtype.bitwidth
@@ -73,20 +78,20 @@ def _microkernel(mr):
             i32 = ir.IntType(32)
             vec = ir.VectorType(elem, lanes)
             vptr = vec.as_pointer()
+            align = dtype.bitwidth // 8  # element alignment: panels and rows start anywhere
 
             def data(arg_index, value):
                 return context.make_array(signature.args[arg_index])(context, builder, value).data
 
             a0 = builder.gep(data(1, a), [a_off])
             b0 = builder.gep(data(5, b), [b_off])
-            c0 = builder.gep(data(7, c), [c_off])
+            c0 = builder.gep(data(8, c), [c_off])
             a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, i), a_istride)]) for i in range(mr)]
             suffix = "v%d%s" % (lanes, "f32" if dtype.bitwidth == 32 else "f64")
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma." + suffix)
             zero = ir.Constant(vec, [0.0] * lanes)
             splat_mask = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
             undef = ir.Constant(vec, ir.Undefined)
-            nr = ir.Constant(i64, nv * lanes)
 
             entry = builder.block
             loop = builder.append_basic_block("micro.loop")
@@ -96,14 +101,15 @@ def _microkernel(mr):
             builder.position_at_end(loop)
             p = builder.phi(i64)
             acc = [[builder.phi(vec) for _ in range(nv)] for _ in range(mr)]
-            b_row = builder.gep(b0, [builder.mul(p, nr)])
-            bv = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), align=dtype.bitwidth // 8)
+            b_row = builder.gep(b0, [builder.mul(p, b_kstride)])
+            bv = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), align=align)
                   for v in range(nv)]
             a_step = builder.mul(p, a_pstride)
             nxt = []
             for i in range(mr):
                 ai = builder.load(builder.gep(a_rows[i], [a_step]))
-                splat = builder.shuffle_vector(builder.insert_element(undef, ai, ir.Constant(i32, 0)), undef, splat_mask)
+                one_lane = builder.insert_element(undef, ai, ir.Constant(i32, 0))
+                splat = builder.shuffle_vector(one_lane, undef, splat_mask)
                 nxt.append([builder.call(fma, [splat, bv[v], acc[i][v]]) for v in range(nv)])
             p_next = builder.add(p, ir.Constant(i64, 1))
             tail = builder.block
@@ -129,8 +135,8 @@ def _microkernel(mr):
                 for v in range(nv):
                     total = totals[i * nv + v]
                     ptr = builder.bitcast(builder.gep(c_row, [ir.Constant(i64, v * lanes)]), vptr)
-                    old = builder.load(ptr, align=dtype.bitwidth // 8)
-                    builder.store(builder.select(add_old, builder.fadd(old, total), total), ptr, align=dtype.bitwidth // 8)
+                    old = builder.load(ptr, align=align)
+                    builder.store(builder.select(add_old, builder.fadd(old, total), total), ptr, align=align)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -144,17 +150,19 @@ _micro_1 = _microkernel(1)
 
 
 @njit(inline="always")
-def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate):
+def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate):
     """C[0:mr, 0:NR] (+)= A x B-panel for any mr <= MR, from the three compiled row counts."""
     if mr == MR:
-        _micro_full(k, a, a_off, a_pstride, a_istride, b, b_off, c, c_off, ldc, accumulate)
+        _micro_full(k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate)
         return
     i = 0
     while i + 4 <= mr:
-        _micro_4(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, c, c_off + i * ldc, ldc, accumulate)
+        _micro_4(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, b_kstride, c, c_off + i * ldc, ldc,
+                 accumulate)
         i += 4
     while i < mr:
-        _micro_1(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, c, c_off + i * ldc, ldc, accumulate)
+        _micro_1(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, b_kstride, c, c_off + i * ldc, ldc,
+                 accumulate)
         i += 1
 
 
@@ -192,13 +200,19 @@ def _work_split(M, npanels, threads):
 
 
 @njit(cache=True)
-def _work_item(item, nchunks, per, a, bp, c, accumulate):
-    """One item of C: rows ``i0 : i0 + MC`` times B panels ``j_lo : j_hi``, in KC-deep passes. The
-    micro-kernel reads A in place through its strides (one of them is 1): a block of A is reused
-    from cache by every panel of the item, so copying it into panels first did not pay."""
+def _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate):
+    """One item of C: rows ``i0 : i0 + MC`` times B panels ``j_lo : j_hi``, in KC-deep passes.
+
+    The micro-kernel reads A in place through its strides (one of them is 1): a block of A is
+    reused from cache by every panel of the item, so copying it into panels first did not pay.
+    Full panel jp of B starts at b[jp * b_jstride] and steps b_kstride per k; the last, partial
+    panel (N not a multiple of NR) is ``tail``: (K, NR), zero padded, and goes through a scratch
+    tile so nothing past column N is written.
+    """
     M, K = a.shape
     N = c.shape[1]
-    npanels, _, nr = bp.shape
+    nr = tail.shape[1]
+    npanels = (N + nr - 1) // nr
     ldc = c.strides[0] // c.itemsize
     si, sp = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
     i0 = (item // nchunks) * MC
@@ -211,15 +225,14 @@ def _work_item(item, nchunks, per, a, bp, c, accumulate):
         kc = min(KC, K - p0)
         add = 1 if (accumulate or p0 > 0) else 0
         for jp in range(j_lo, j_hi):
-            b_off = (jp * K + p0) * nr
             for ir in range(0, rows, MR):
                 mr = min(MR, rows - ir)
                 a_off = (i0 + ir) * si + p0 * sp
                 if jp < full_panels:
-                    _tile(mr, kc, a, a_off, sp, si, bp, b_off, c, (i0 + ir) * ldc + jp * nr, ldc, add)
+                    _tile(mr, kc, a, a_off, sp, si, b, jp * b_jstride + p0 * b_kstride, b_kstride,
+                          c, (i0 + ir) * ldc + jp * nr, ldc, add)
                     continue
-                # the last, partial panel goes through a scratch tile
-                _tile(mr, kc, a, a_off, sp, si, bp, b_off, edge, 0, nr, 0)
+                _tile(mr, kc, a, a_off, sp, si, tail, p0 * nr, nr, edge, 0, nr, 0)
                 for i in range(mr):
                     for j in range(N - jp * nr):
                         if add:
@@ -229,15 +242,15 @@ def _work_item(item, nchunks, per, a, bp, c, accumulate):
 
 
 @njit(cache=True)
-def _items_serial(n_items, nchunks, per, a, bp, c, accumulate):
+def _items_serial(n_items, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate):
     for item in range(n_items):
-        _work_item(item, nchunks, per, a, bp, c, accumulate)
+        _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
 
 
 @njit(cache=True, parallel=True)
-def _items_parallel(n_items, nchunks, per, a, bp, c, accumulate):
+def _items_parallel(n_items, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate):
     for item in prange(n_items):
-        _work_item(item, nchunks, per, a, bp, c, accumulate)
+        _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
 
 
 # Below this many multiply-adds a product runs on one core: starting the second costs about a
@@ -247,12 +260,7 @@ THREADS = config.NUMBA_NUM_THREADS
 
 
 @njit(cache=True)
-def gemm_packed(a, bp, c, accumulate):
-    """c (+)= a @ b, with b given packed by :func:`pack_b`.
-
-    a: (M, K), any strides; bp: (npanels, K, NR) with NR = :func:`panel_width`; c: (M, N) with
-    unit column stride and N <= npanels * NR. accumulate: False overwrites c, True adds to it.
-    """
+def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
     M, K = a.shape
     N = c.shape[1]
     if M == 0 or N == 0:
@@ -263,28 +271,29 @@ def gemm_packed(a, bp, c, accumulate):
         return
     if not (a.strides[0] == a.itemsize or a.strides[1] == a.itemsize):
         a = np.ascontiguousarray(a)
-    if M * N * K < SERIAL_BELOW:
-        mblocks, per, nchunks = _work_split(M, bp.shape[0], 1)
-        _items_serial(mblocks * nchunks, nchunks, per, a, bp, c, accumulate)
+    npanels = (N + tail.shape[1] - 1) // tail.shape[1]
+    if parallel and M * N * K >= SERIAL_BELOW:
+        mblocks, per, nchunks = _work_split(M, npanels, THREADS)
+        _items_parallel(mblocks * nchunks, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
     else:
-        mblocks, per, nchunks = _work_split(M, bp.shape[0], THREADS)
-        _items_parallel(mblocks * nchunks, nchunks, per, a, bp, c, accumulate)
+        mblocks, per, nchunks = _work_split(M, npanels, 1)
+        _items_serial(mblocks * nchunks, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
+
+
+@njit(cache=True)
+def gemm_packed(a, bp, c, accumulate):
+    """c (+)= a @ b, with b given packed by :func:`pack_b`.
+
+    a: (M, K), any strides; bp: (npanels, K, NR) with NR = :func:`panel_width`; c: (M, N) with
+    unit column stride and N <= npanels * NR. accumulate: False overwrites c, True adds to it.
+    """
+    _product(a, bp, bp.shape[1] * bp.shape[2], bp.shape[2], bp[bp.shape[0] - 1], c, accumulate, True)
 
 
 @njit(cache=True)
 def gemm_packed_serial(a, bp, c, accumulate):
     """:func:`gemm_packed` on the calling thread, for callers that share work out themselves."""
-    M, K = a.shape
-    if M == 0 or c.shape[1] == 0:
-        return
-    if K == 0:
-        if not accumulate:
-            c[:] = 0
-        return
-    if not (a.strides[0] == a.itemsize or a.strides[1] == a.itemsize):
-        a = np.ascontiguousarray(a)
-    mblocks, per, nchunks = _work_split(M, bp.shape[0], 1)
-    _items_serial(mblocks * nchunks, nchunks, per, a, bp, c, accumulate)
+    _product(a, bp, bp.shape[1] * bp.shape[2], bp.shape[2], bp[bp.shape[0] - 1], c, accumulate, False)
 
 
 @njit(cache=True)
@@ -295,14 +304,26 @@ def pack_weights(w_t):
 
 @njit(cache=True)
 def gemm(a, b, c, accumulate):
-    """c (+)= a @ b for 2-D a: (M, K) and b: (K, N) of any strides; c: (M, N) with unit column stride."""
-    gemm_packed(a, pack_weights(b), c, accumulate)
+    """c (+)= a @ b for 2-D a: (M, K) and b: (K, N) of any strides; c: (M, N) with unit column stride.
 
-
-@njit(cache=True)
-def dot_into(a, b, out):
-    """out = a @ b (2-D, one float dtype, out with unit column stride)."""
-    gemm(a, b, out, False)
+    A row-major b is read in place (only a partial last panel is copied), so a product such as
+    ``dW_hh = dgates^T @ h`` needs no second copy of every step's states; it was as fast or
+    faster than packing first (33 against 38 ms at T*B=6400, 4H=2048, H=512). Other layouts are
+    packed first, and so are operands whose rows lie a multiple of 4 KiB apart: read in place,
+    their rows share a few L1 cache sets and the panel a tile reuses does not stay in L1 (272
+    against 375 GFLOP/s at 1024^3).
+    """
+    K, N = b.shape
+    nr = 2 * VECTOR_BITS // (8 * c.itemsize)
+    in_place = b.strides[1] == b.itemsize and b.strides[0] % 4096 != 0
+    if not in_place:
+        bp = pack_b(b, nr)
+        _product(a, bp, K * nr, nr, bp[bp.shape[0] - 1] if bp.shape[0] else np.zeros((K, nr), c.dtype), c,
+                 accumulate, True)
+        return
+    full = N // nr
+    tail = pack_b(b[:, full * nr:], nr)[0] if N % nr else np.zeros((0, nr), c.dtype)  # (0, nr): never read
+    _product(a, b, nr, b.strides[0] // b.itemsize, tail, c, accumulate, True)
 
 
 def _float_pair(a, b):

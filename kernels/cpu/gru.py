@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare, row_blocks
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 
@@ -155,33 +155,36 @@ def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, 
 
 
 @njit(cache=True)
-def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dx, dw_ih, dw_hh, db_ih, db_hh):
-    """Fills dgates: (T, B, 3H) step by step with the input side's gate gradients, then dx, dw_ih,
-    db_ih with single GEMMs and reductions; then turns dgates into the recurrent side's (they differ
+def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dw_ih, dw_hh, db_ih, db_hh, accumulate):
+    """Fills dgates: (T, B, 3H) step by step with the input side's gate gradients, then returns dx
+    and fills dw_ih, db_ih with single GEMMs and reductions; then turns dgates into the recurrent side's (they differ
     only in n, by the factor r) in place for dw_hh and db_hh, so one (T, B, 3H) array serves both.
-    dh: (B, H) enters as dhT and leaves as dh0."""
+    dw_ih and dw_hh are added into when ``accumulate``. dh: (B, H) enters as dhT and leaves as dh0."""
     T, B, I = x.shape
     H = dh.shape[1]
     dgates_h = np.empty((B, 3 * H), dtype=x.dtype)
     _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, lengths, h, gates, hn, dgates, dgates_h)
     dg2 = dgates.reshape(T * B, 3 * H)
+    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dg2.T, x.reshape(T * B, I), dw_ih, False)
+    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
     db_ih[:] = dg2.sum(axis=0)
     g2 = gates.reshape(T * B, 3 * H)
     for row in range(T * B):
         dn, r = dg2[row, 2 * H:], g2[row, :H]
         for j in range(H):
             dn[j] *= r[j]  # dn -> dn * r
-    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, False)
+    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
     db_hh[:] = dg2.sum(axis=0)
+    return dx
 
 
-def gru_backward(dy, dhT, cache):
+def gru_backward(dy, dhT, cache, grads=None):
     """BPTT through :func:`gru_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (3H, I),
-    dw_hh: (3H, H), db_ih, db_hh: (3H,).
+    dy: (T, B, H); dhT: (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih, db_hh) to add into
+    (db_* may be None). Returns dx: (T, B, I), dh0: (B, H), dw_ih: (3H, I), dw_hh: (3H, H),
+    db_ih, db_hh: (3H,) (with ``grads``: those arrays, added into).
     """
     x, w_ih, w_hh, lengths, h, gates, hn = cache
     T, B, I = x.shape
@@ -189,10 +192,8 @@ def gru_backward(dy, dhT, cache):
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
     dgates = np.empty((T, B, 3 * H), dtype=x.dtype)
-    dx = np.empty_like(x)
-    dw_ih = np.empty_like(w_ih)
-    dw_hh = np.empty_like(w_hh)
+    dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     db_ih = np.empty(3 * H, dtype=x.dtype)
     db_hh = np.empty(3 * H, dtype=x.dtype)
-    _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dx, dw_ih, dw_hh, db_ih, db_hh)
-    return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+    dx = _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dw_ih, dw_hh, db_ih, db_hh, accumulate)
+    return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, db_ih, db_hh))

@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare, row_blocks, take_valid_rows
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, take_valid_rows, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 
@@ -156,25 +156,28 @@ def _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, 
 
 
 @njit(cache=True)
-def _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dx, dw_ih, dw_hh, db):
-    """Fills dgates: (T, B, 4H) step by step, then dx, dw_ih, dw_hh, db with single GEMMs.
-    dh, dc: (B, H) enter as dhT, dcT and leave as dh0, dc0."""
+def _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dw_ih, dw_hh, db, accumulate):
+    """Fills dgates: (T, B, 4H) step by step, then returns dx and fills dw_ih, dw_hh (added into
+    when ``accumulate``), db with single GEMMs. dh, dc: (B, H) enter as dhT, dcT, leave as dh0, dc0."""
     T, B, I = x.shape
     H = dh.shape[1]
     dh_rec = np.empty((B, H), dtype=x.dtype)
     _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, dc, lengths, c, gates, dgates, dh_rec)
     dg2 = dgates.reshape(T * B, 4 * H)
+    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dg2.T, x.reshape(T * B, I), dw_ih, False)
-    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, False)
+    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
+    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
     db[:] = dg2.sum(axis=0)
+    return dx
 
 
-def lstm_backward(dy, dhT, dcT, cache):
+def lstm_backward(dy, dhT, dcT, cache, grads=None):
     """BPTT through :func:`lstm_forward`.
 
-    dy: (T, B, H); dhT, dcT: (B, H) or None. Returns dx: (T, B, I), dh0, dc0: (B, H),
-    dw_ih: (4H, I), dw_hh: (4H, H), db_ih, db_hh: (4H,).
+    dy: (T, B, H); dhT, dcT: (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih, db_hh) to add
+    into (db_* may be None). Returns dx: (T, B, I), dh0, dc0: (B, H), dw_ih: (4H, I),
+    dw_hh: (4H, H), db_ih, db_hh: (4H,) (with ``grads``: those arrays, added into).
     """
     x, w_ih, w_hh, lengths, h, c, gates = cache
     T, B, I = x.shape
@@ -183,9 +186,7 @@ def lstm_backward(dy, dhT, dcT, cache):
     dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
     dc = np.zeros((B, H), x.dtype) if dcT is None else np.array(dcT, dtype=x.dtype)
     dgates = np.empty((T, B, 4 * H), dtype=x.dtype)
-    dx = np.empty_like(x)
-    dw_ih = np.empty_like(w_ih)
-    dw_hh = np.empty_like(w_hh)
+    dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     db = np.empty(4 * H, dtype=x.dtype)
-    _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dx, dw_ih, dw_hh, db)
-    return dx, dh, dc, dw_ih, dw_hh, db, db.copy()
+    dx = _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dw_ih, dw_hh, db, accumulate)
+    return (dx, dh, dc, dw_ih, dw_hh, *bias_grads(grads, db))

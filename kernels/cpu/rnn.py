@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import contiguous, prepare, row_blocks, take_valid_rows
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, take_valid_rows, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 NONLINEARITIES = {"tanh": 0, "relu": 1}
@@ -115,25 +115,28 @@ def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
 
 
 @njit(cache=True)
-def _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dx, dw_ih, dw_hh, db):
-    """Fills dpre: (T, B, H) step by step, then dx, dw_ih, dw_hh, db with single GEMMs.
-    dh: (B, H) enters as dhT and leaves as dh0."""
+def _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dw_ih, dw_hh, db, accumulate):
+    """Fills dpre: (T, B, H) step by step, then returns dx and fills dw_ih, dw_hh (added into
+    when ``accumulate``), db with single GEMMs. dh: (B, H) enters as dhT and leaves as dh0."""
     T, B, I = x.shape
     H = dh.shape[1]
     dh_rec = np.empty((B, H), dtype=x.dtype)
     _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, lengths, h, relu, dpre, dh_rec)
     dp2 = dpre.reshape(T * B, H)
+    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dp2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dp2.T, x.reshape(T * B, I), dw_ih, False)
-    gemm(dp2.T, h[:T].reshape(T * B, H), dw_hh, False)
+    gemm(dp2.T, x.reshape(T * B, I), dw_ih, accumulate)
+    gemm(dp2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
     db[:] = dp2.sum(axis=0)
+    return dx
 
 
-def rnn_backward(dy, dhT, cache):
+def rnn_backward(dy, dhT, cache, grads=None):
     """BPTT through :func:`rnn_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (H, I),
-    dw_hh: (H, H), db_ih, db_hh: (H,).
+    dy: (T, B, H); dhT: (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih, db_hh) to add into
+    (db_* may be None). Returns dx: (T, B, I), dh0: (B, H), dw_ih: (H, I), dw_hh: (H, H),
+    db_ih, db_hh: (H,) (with ``grads``: those arrays, added into).
     """
     x, w_ih, w_hh, lengths, h, relu = cache
     T, B, I = x.shape
@@ -141,9 +144,7 @@ def rnn_backward(dy, dhT, cache):
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
     dpre = np.empty((T, B, H), dtype=x.dtype)
-    dx = np.empty_like(x)
-    dw_ih = np.empty_like(w_ih)
-    dw_hh = np.empty_like(w_hh)
+    dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     db = np.empty(H, dtype=x.dtype)
-    _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dx, dw_ih, dw_hh, db)
-    return dx, dh, dw_ih, dw_hh, db, db.copy()
+    dx = _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dw_ih, dw_hh, db, accumulate)
+    return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, db))

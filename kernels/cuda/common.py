@@ -324,3 +324,14 @@ def int32_lengths(xp, lengths, T, B):
 def contiguous(xp, *arrays):
     return tuple(xp.ascontiguousarray(a) for a in arrays)
 
+
+
+def add_into(grads, computed):
+    """A backward kernel's weight and bias gradients: ``computed`` as they are, or added into the
+    caller's arrays ``grads`` (an entry of None is skipped) and those returned, as on the CPU."""
+    if grads is None:
+        return tuple(computed)
+    for g, d in zip(grads, computed):
+        if g is not None:
+            g += d
+    return tuple(grads)

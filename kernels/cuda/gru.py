@@ -13,6 +13,7 @@ Steps at or past a sequence's length carry the state unchanged and output zeros.
 from numba import cuda
 
 from rnnfast.kernels.cuda.common import (
+    add_into,
     array_module,
     block_matmul,
     contiguous,
@@ -165,10 +166,11 @@ def _backward(dy, dh, gates, hn, h, w, lengths, dgates_x, dgates_h, units, n, ro
         cuda.syncthreads()
 
 
-def gru_backward(dy, dhT, cache):
+def gru_backward(dy, dhT, cache, grads=None):
     """BPTT through :func:`gru_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (3H, I),
+    dy: (T, B, H); dhT: (B, H) or None; grads: None, or
+    (dw_ih, dw_hh, db_ih, db_hh) to add into, as on the CPU. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (3H, I),
     dw_hh: (3H, H), db_ih, db_hh: (3H,).
     """
     x, w_ih, w_hh, lengths, h, gates, hn = cache
@@ -188,4 +190,4 @@ def gru_backward(dy, dhT, cache):
     dx = (dgx2 @ w_ih).reshape(T, B, I)
     dw_ih = dgx2.T @ x.reshape(T * B, I)
     dw_hh = dgh2.T @ h[:T].reshape(T * B, H)
-    return dx, dh, dw_ih, dw_hh, dgx2.sum(axis=0), dgh2.sum(axis=0)
+    return (dx, dh, *add_into(grads, (dw_ih, dw_hh, dgx2.sum(axis=0), dgh2.sum(axis=0))))

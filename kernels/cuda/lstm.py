@@ -14,6 +14,7 @@ single GEMMs. Steps at or past a sequence's length carry the state unchanged and
 from numba import cuda
 
 from rnnfast.kernels.cuda.common import (
+    add_into,
     array_module,
     block_matmul,
     contiguous,
@@ -170,10 +171,11 @@ def _backward(dy, dh, dc, gates, c, w, lengths, dgates, units, n, rows, kc, ks, 
         cuda.syncthreads()
 
 
-def lstm_backward(dy, dhT, dcT, cache):
+def lstm_backward(dy, dhT, dcT, cache, grads=None):
     """BPTT through :func:`lstm_forward`.
 
-    dy: (T, B, H); dhT, dcT: (B, H) or None. Returns dx: (T, B, I), dh0, dc0: (B, H),
+    dy: (T, B, H); dhT, dcT: (B, H) or None; grads: None, or
+    (dw_ih, dw_hh, db_ih, db_hh) to add into, as on the CPU. Returns dx: (T, B, I), dh0, dc0: (B, H),
     dw_ih: (4H, I), dw_hh: (4H, H), db_ih, db_hh: (4H,).
     """
     x, w_ih, w_hh, lengths, h, c, gates = cache
@@ -193,4 +195,4 @@ def lstm_backward(dy, dhT, dcT, cache):
     dw_ih = dg2.T @ x.reshape(T * B, I)
     dw_hh = dg2.T @ h[:T].reshape(T * B, H)
     db = dg2.sum(axis=0)
-    return dx, dh, dc, dw_ih, dw_hh, db, db.copy()
+    return (dx, dh, dc, *add_into(grads, (dw_ih, dw_hh, db, db.copy())))

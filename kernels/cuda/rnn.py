@@ -9,6 +9,7 @@ and output zeros.
 from numba import cuda
 
 from rnnfast.kernels.cuda.common import (
+    add_into,
     array_module,
     block_matmul,
     contiguous,
@@ -128,10 +129,11 @@ def _backward(dy, dh, h, w, lengths, dpre, relu, units, n, rows, kc, ks, w_in_sm
         cuda.syncthreads()
 
 
-def rnn_backward(dy, dhT, cache):
+def rnn_backward(dy, dhT, cache, grads=None):
     """BPTT through :func:`rnn_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (H, I),
+    dy: (T, B, H); dhT: (B, H) or None; grads: None, or
+    (dw_ih, dw_hh, db_ih, db_hh) to add into, as on the CPU. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (H, I),
     dw_hh: (H, H), db_ih, db_hh: (H,).
     """
     x, w_ih, w_hh, lengths, h, relu = cache
@@ -150,4 +152,4 @@ def rnn_backward(dy, dhT, cache):
     dw_ih = dp2.T @ x.reshape(T * B, I)
     dw_hh = dp2.T @ h[:T].reshape(T * B, H)
     db = dp2.sum(axis=0)
-    return dx, dh, dw_ih, dw_hh, db, db.copy()
+    return (dx, dh, *add_into(grads, (dw_ih, dw_hh, db, db.copy())))
