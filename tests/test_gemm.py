@@ -57,8 +57,9 @@ def _check(out, expected, dtype, scale):
 @pytest.mark.parametrize("trans_b", [False, True])
 # Shapes around the tile (MR rows by NR columns), the row blocks (MC) and the depth passes (KC):
 # remainders of every kind, a single row (generation), and one recurrent step's shape.
+# (2, 40, 300): rows 1-3 take four panels per call, then single panels, then the partial one.
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (13, 300, 33), (1, 256, 1024), (32, 256, 1024),
-                                   (250, 513, 70), (3, 600, 17)])
+                                   (250, 513, 70), (3, 600, 17), (2, 40, 300)])
 def test_gemm_matches_float64_reference(dtype, trans_a, trans_b, m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     a, b = _operands(rng, m, k, n, dtype, trans_a, trans_b)

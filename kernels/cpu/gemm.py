@@ -56,24 +56,28 @@ def panel_width(dtype):
     return 2 * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
 
 
-def _microkernel(mr):
-    """An intrinsic computing C[0:mr, 0:NR] (+)= sum_p A[p, 0:mr] B[p, 0:NR] on packed panels.
+def _microkernel(mr, panels=1):
+    """An intrinsic computing C[0:mr, 0:panels*NR] (+)= sum_p A[p, 0:mr] B[p, 0:panels*NR].
 
     Arguments: k, a, a_off, a_pstride, a_istride (A[i, p] is a[a_off + p * a_pstride + i * a_istride]),
-    b, b_off, b_kstride (B[p, j] is b[b_off + p * b_kstride + j], so B is a packed panel or a
-    row-major matrix read in place), c, c_off, ldc (elements between rows of C), accumulate (0 or
-    1). Arrays are passed whole, offsets in elements.
+    b, b_off, b_kstride, b_jstride (column q * NR + j of B at row p is
+    b[b_off + q * b_jstride + p * b_kstride + j], so B is packed panels or a row-major matrix read
+    in place), c, c_off, ldc (elements between rows of C), accumulate (0 or 1). Arrays are passed
+    whole, offsets in elements. Each k feeds ``2 * mr * panels`` independent accumulators; one row
+    takes four panels, so that enough multiply-adds are in flight to hide their latency.
     """
     @intrinsic
-    def micro(typingctx, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate):
-        sig = types.void(k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate)
+    def micro(typingctx, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, b_jstride, c, c_off, ldc,
+              accumulate):
+        sig = types.void(k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, b_jstride, c, c_off, ldc,
+                         accumulate)
 
         def codegen(context, builder, signature, args):
-            k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate = args
+            k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, b_jstride, c, c_off, ldc, accumulate = args
             dtype = signature.args[1].dtype
             elem = context.get_value_type(dtype)
             lanes = VECTOR_BITS // dtype.bitwidth
-            nv = 2
+            nv = 2 * panels  # vectors per row of the tile: two per panel
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             vec = ir.VectorType(elem, lanes)
@@ -85,7 +89,7 @@ def _microkernel(mr):
 
             a0 = builder.gep(data(1, a), [a_off])
             b0 = builder.gep(data(5, b), [b_off])
-            c0 = builder.gep(data(8, c), [c_off])
+            c0 = builder.gep(data(9, c), [c_off])
             a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, i), a_istride)]) for i in range(mr)]
             suffix = "v%d%s" % (lanes, "f32" if dtype.bitwidth == 32 else "f64")
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma." + suffix)
@@ -102,8 +106,11 @@ def _microkernel(mr):
             p = builder.phi(i64)
             acc = [[builder.phi(vec) for _ in range(nv)] for _ in range(mr)]
             b_row = builder.gep(b0, [builder.mul(p, b_kstride)])
-            bv = [builder.load(builder.bitcast(builder.gep(b_row, [ir.Constant(i64, v * lanes)]), vptr), align=align)
-                  for v in range(nv)]
+            bv = []
+            for v in range(nv):
+                panel = builder.gep(b_row, [builder.mul(ir.Constant(i64, v // 2), b_jstride)])
+                bv.append(builder.load(builder.bitcast(builder.gep(panel, [ir.Constant(i64, v % 2 * lanes)]), vptr),
+                                       align=align))
             a_step = builder.mul(p, a_pstride)
             nxt = []
             for i in range(mr):
@@ -147,21 +154,22 @@ def _microkernel(mr):
 _micro_full = _microkernel(MR)
 _micro_4 = _microkernel(4)
 _micro_1 = _microkernel(1)
+_micro_1x4 = _microkernel(1, panels=4)
 
 
 @njit(inline="always")
 def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate):
-    """C[0:mr, 0:NR] (+)= A x B-panel for any mr <= MR, from the three compiled row counts."""
+    """C[0:mr, 0:NR] (+)= A x B-panel for any mr <= MR, from the compiled row counts."""
     if mr == MR:
-        _micro_full(k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate)
+        _micro_full(k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, 0, c, c_off, ldc, accumulate)
         return
     i = 0
     while i + 4 <= mr:
-        _micro_4(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, b_kstride, c, c_off + i * ldc, ldc,
+        _micro_4(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, b_kstride, 0, c, c_off + i * ldc, ldc,
                  accumulate)
         i += 4
     while i < mr:
-        _micro_1(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, b_kstride, c, c_off + i * ldc, ldc,
+        _micro_1(k, a, a_off + i * a_istride, a_pstride, a_istride, b, b_off, b_kstride, 0, c, c_off + i * ldc, ldc,
                  accumulate)
         i += 1
 
@@ -224,7 +232,14 @@ def _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumula
     for p0 in range(0, K, KC):
         kc = min(KC, K - p0)
         add = 1 if (accumulate or p0 > 0) else 0
-        for jp in range(j_lo, j_hi):
+        jp = j_lo
+        # A few rows (a batch-1 step): four panels per call, each row on its own.
+        while rows < 4 and jp + 4 <= min(j_hi, full_panels):
+            for i in range(rows):
+                _micro_1x4(kc, a, (i0 + i) * si + p0 * sp, sp, si, b, jp * b_jstride + p0 * b_kstride, b_kstride,
+                           b_jstride, c, (i0 + i) * ldc + jp * nr, ldc, add)
+            jp += 4
+        for jp in range(jp, j_hi):
             for ir in range(0, rows, MR):
                 mr = min(MR, rows - ir)
                 a_off = (i0 + ir) * si + p0 * sp
@@ -253,9 +268,11 @@ def _items_parallel(n_items, nchunks, per, a, b, b_jstride, b_kstride, tail, c, 
         _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
 
 
-# Below this many multiply-adds a product runs on one core: starting the second costs about a
-# microsecond, which is more than half of such a product's own time.
-SERIAL_BELOW = 1 << 18
+# Below this many multiply-adds (about 15 us on one core) a product runs on the caller's thread.
+# Starting the parallel region costs a microsecond when the other thread is spinning, but tens
+# when it has gone to sleep, as it has between the small products of a batch-1 layer: batch-1
+# LSTM forward+backward timings scattered from 0.52 to 0.88 ms with 1 << 18 here.
+SERIAL_BELOW = 1 << 22
 THREADS = config.NUMBA_NUM_THREADS
 
 

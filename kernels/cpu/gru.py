@@ -77,7 +77,12 @@ def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, h, gates, hn):
     g2 += b_ih
     h[0] = h0
     hw = np.empty((B, 3 * H), dtype=x.dtype)  # W_hh h of the current step, rows split across cores
-    _forward_recurrence(row_blocks(B, H), pack_weights(w_hh.T), b_hh, lengths, y, h, gates, hn, hw)
+    w_hh_t = pack_weights(w_hh.T)
+    blocks = row_blocks(B, H)
+    if blocks > 1:
+        _forward_recurrence(blocks, w_hh_t, b_hh, lengths, y, h, gates, hn, hw)
+    else:  # one core: starting the parallel region's threads would cost more than it saves
+        _forward_rows(0, B, w_hh_t, b_hh, lengths, y, h, gates, hn, hw)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
@@ -163,7 +168,12 @@ def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dw_ih, dw_hh
     T, B, I = x.shape
     H = dh.shape[1]
     dgates_h = np.empty((B, 3 * H), dtype=x.dtype)
-    _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, lengths, h, gates, hn, dgates, dgates_h)
+    w_hh_p = pack_weights(w_hh)
+    blocks = row_blocks(B, H)
+    if blocks > 1:
+        _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h)
+    else:  # one core: starting the parallel region's threads would cost more than it saves
+        _backward_rows(0, B, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h)
     dg2 = dgates.reshape(T * B, 3 * H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)

@@ -80,7 +80,12 @@ def _forward(x, h0, c0, w_ih, w_hh, bias, lengths, y, h, c, gates):
     h[0] = h0
     c[0] = c0
     # W_hh packed once, read by every step; the batch split across the cores for the whole sequence
-    _forward_recurrence(row_blocks(B, H), pack_weights(w_hh.T), bias, lengths, y, h, c, gates)
+    w_hh_t = pack_weights(w_hh.T)
+    blocks = row_blocks(B, H)
+    if blocks > 1:
+        _forward_recurrence(blocks, w_hh_t, bias, lengths, y, h, c, gates)
+    else:  # one core: starting the parallel region's threads would cost more than it saves
+        _forward_rows(0, B, w_hh_t, bias, lengths, y, h, c, gates)
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
@@ -162,7 +167,12 @@ def _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dw_ih, dw
     T, B, I = x.shape
     H = dh.shape[1]
     dh_rec = np.empty((B, H), dtype=x.dtype)
-    _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, dc, lengths, c, gates, dgates, dh_rec)
+    w_hh_p = pack_weights(w_hh)
+    blocks = row_blocks(B, H)
+    if blocks > 1:
+        _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec)
+    else:  # one core: starting the parallel region's threads would cost more than it saves
+        _backward_rows(0, B, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec)
     dg2 = dgates.reshape(T * B, 4 * H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)

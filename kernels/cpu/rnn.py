@@ -56,7 +56,12 @@ def _forward(x, h0, w_ih, w_hh, bias, lengths, relu, y, h):
     H = h0.shape[1]
     gemm(x.reshape(T * B, I), w_ih.T, h.reshape((T + 1) * B, H)[B:], False)
     h[0] = h0
-    _forward_recurrence(row_blocks(B, H), pack_weights(w_hh.T), bias, lengths, relu, y, h)
+    w_hh_t = pack_weights(w_hh.T)
+    blocks = row_blocks(B, H)
+    if blocks > 1:
+        _forward_recurrence(blocks, w_hh_t, bias, lengths, relu, y, h)
+    else:  # one core: starting the parallel region's threads would cost more than it saves
+        _forward_rows(0, B, w_hh_t, bias, lengths, relu, y, h)
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"):
@@ -121,7 +126,12 @@ def _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dw_ih, dw_hh, db, a
     T, B, I = x.shape
     H = dh.shape[1]
     dh_rec = np.empty((B, H), dtype=x.dtype)
-    _backward_recurrence(row_blocks(B, H), pack_weights(w_hh), dy, dh, lengths, h, relu, dpre, dh_rec)
+    w_hh_p = pack_weights(w_hh)
+    blocks = row_blocks(B, H)
+    if blocks > 1:
+        _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
+    else:  # one core: starting the parallel region's threads would cost more than it saves
+        _backward_rows(0, B, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
     dp2 = dpre.reshape(T * B, H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dp2, w_ih, dx.reshape(T * B, I), False)
