@@ -58,9 +58,8 @@ def machine_info() -> dict:
     except (OSError, StopIteration):
         pass
     import numba
-    import scipy
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "numpy": np.__version__, "numba": numba.__version__, "scipy": scipy.__version__,
+            "numpy": np.__version__, "numba": numba.__version__,
             "env": {k: v for k, v in sorted(os.environ.items())
                     if k.startswith(("OPENBLAS_", "OMP_", "MKL_", "NUMBA_"))}}
     if torch is not None:
