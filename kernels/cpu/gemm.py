@@ -157,7 +157,7 @@ _micro_1 = _microkernel(1)
 _micro_1x4 = _microkernel(1, panels=4)
 
 
-@njit(inline="always")
+@njit(cache=True)
 def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate):
     """C[0:mr, 0:NR] (+)= A x B-panel for any mr <= MR, from the compiled row counts."""
     if mr == MR:
