@@ -27,6 +27,7 @@ from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import config, njit, prange, types
 from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
 
 
@@ -276,8 +277,21 @@ SERIAL_BELOW = 1 << 22
 THREADS = config.NUMBA_NUM_THREADS
 
 
+@intrinsic
+def _any_layout(typingctx, arr):
+    """The same array, typed with layout 'A'. The work functions below see every operand as 'A',
+    so they compile once per dtype rather than once per combination of C, F and strided views
+    (each combination cost several seconds of compile time)."""
+    def codegen(context, builder, signature, args):
+        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+
+    return arr.copy(layout="A")(arr), codegen
+
+
 @njit(cache=True)
 def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
+    """The work of every entry point, on 2-D operands typed 'A' (see _any_layout); b is B read
+    in place or packed panels flattened to (npanels * K, NR)."""
     M, K = a.shape
     N = c.shape[1]
     if M == 0 or N == 0:
@@ -287,7 +301,7 @@ def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
             c[:] = 0
         return
     if not (a.strides[0] == a.itemsize or a.strides[1] == a.itemsize):
-        a = np.ascontiguousarray(a)
+        a = _any_layout(np.ascontiguousarray(a))
     npanels = (N + tail.shape[1] - 1) // tail.shape[1]
     if parallel and M * N * K >= SERIAL_BELOW:
         mblocks, per, nchunks = _work_split(M, npanels, THREADS)
@@ -298,19 +312,27 @@ def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
 
 
 @njit(cache=True)
+def _flat_panels(bp):
+    """Packed panels (npanels, K, NR) as one (npanels * K, NR) array typed 'A'."""
+    return _any_layout(bp.reshape(bp.shape[0] * bp.shape[1], bp.shape[2]))
+
+
+@njit(cache=True)
 def gemm_packed(a, bp, c, accumulate):
     """c (+)= a @ b, with b given packed by :func:`pack_b`.
 
     a: (M, K), any strides; bp: (npanels, K, NR) with NR = :func:`panel_width`; c: (M, N) with
     unit column stride and N <= npanels * NR. accumulate: False overwrites c, True adds to it.
     """
-    _product(a, bp, bp.shape[1] * bp.shape[2], bp.shape[2], bp[bp.shape[0] - 1], c, accumulate, True)
+    _product(_any_layout(a), _flat_panels(bp), bp.shape[1] * bp.shape[2], bp.shape[2],
+             _any_layout(bp[bp.shape[0] - 1]), _any_layout(c), accumulate, True)
 
 
 @njit(cache=True)
 def gemm_packed_serial(a, bp, c, accumulate):
     """:func:`gemm_packed` on the calling thread, for callers that share work out themselves."""
-    _product(a, bp, bp.shape[1] * bp.shape[2], bp.shape[2], bp[bp.shape[0] - 1], c, accumulate, False)
+    _product(_any_layout(a), _flat_panels(bp), bp.shape[1] * bp.shape[2], bp.shape[2],
+             _any_layout(bp[bp.shape[0] - 1]), _any_layout(c), accumulate, False)
 
 
 @njit(cache=True)
@@ -335,12 +357,13 @@ def gemm(a, b, c, accumulate):
     in_place = b.strides[1] == b.itemsize and b.strides[0] % 4096 != 0
     if not in_place:
         bp = pack_b(b, nr)
-        _product(a, bp, K * nr, nr, bp[bp.shape[0] - 1] if bp.shape[0] else np.zeros((K, nr), c.dtype), c,
-                 accumulate, True)
+        tail = bp[bp.shape[0] - 1] if bp.shape[0] else np.zeros((K, nr), c.dtype)
+        _product(_any_layout(a), _flat_panels(bp), K * nr, nr, _any_layout(tail), _any_layout(c), accumulate, True)
         return
     full = N // nr
     tail = pack_b(b[:, full * nr:], nr)[0] if N % nr else np.zeros((0, nr), c.dtype)  # (0, nr): never read
-    _product(a, b, nr, b.strides[0] // b.itemsize, tail, c, accumulate, True)
+    _product(_any_layout(a), _any_layout(b), nr, b.strides[0] // b.itemsize, _any_layout(tail), _any_layout(c),
+             accumulate, True)
 
 
 def _float_pair(a, b):
