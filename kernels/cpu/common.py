@@ -17,14 +17,6 @@ def prepare(x, lengths):
 
 
 @njit(cache=True)
-def take_valid_rows(dh, dh_rec, t, lengths):
-    """dh[b] = dh_rec[b] for the sequences still running at step t; the others carry dh unchanged."""
-    for b in range(dh.shape[0]):
-        if t < lengths[b]:
-            dh[b] = dh_rec[b]
-
-
-@njit(cache=True)
 def row_blocks(B, H):
     """How many blocks of batch rows to run a recurrence in, one per core. Rows of a batch never
     read each other, so each core can run its rows through all T steps with no synchronisation;

@@ -52,9 +52,14 @@ KC = 256                                 # depth of a pass: a B panel (KC x NR) 
 MC = 20 * MR                             # rows of A per block: about 240 KB at KC=256, in L2
 
 
+@njit(cache=True)
+def _panel_width(itemsize):
+    return 2 * VECTOR_BITS // (8 * itemsize)
+
+
 def panel_width(dtype):
     """NR for a dtype: two vector registers of it."""
-    return 2 * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
+    return _panel_width(np.dtype(dtype).itemsize)
 
 
 def _microkernel(mr, panels=1):
@@ -312,9 +317,13 @@ def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
 
 
 @njit(cache=True)
-def _flat_panels(bp):
-    """Packed panels (npanels, K, NR) as one (npanels * K, NR) array typed 'A'."""
-    return _any_layout(bp.reshape(bp.shape[0] * bp.shape[1], bp.shape[2]))
+def _product_packed(a, bp, c, accumulate, parallel):
+    """:func:`_product` with B given as packed panels (npanels, K, NR)."""
+    if bp.shape[0] == 0:  # N == 0: nothing to write
+        return
+    flat = bp.reshape(bp.shape[0] * bp.shape[1], bp.shape[2])
+    _product(_any_layout(a), _any_layout(flat), bp.shape[1] * bp.shape[2], bp.shape[2],
+             _any_layout(bp[bp.shape[0] - 1]), _any_layout(c), accumulate, parallel)
 
 
 @njit(cache=True)
@@ -324,21 +333,19 @@ def gemm_packed(a, bp, c, accumulate):
     a: (M, K), any strides; bp: (npanels, K, NR) with NR = :func:`panel_width`; c: (M, N) with
     unit column stride and N <= npanels * NR. accumulate: False overwrites c, True adds to it.
     """
-    _product(_any_layout(a), _flat_panels(bp), bp.shape[1] * bp.shape[2], bp.shape[2],
-             _any_layout(bp[bp.shape[0] - 1]), _any_layout(c), accumulate, True)
+    _product_packed(a, bp, c, accumulate, True)
 
 
 @njit(cache=True)
 def gemm_packed_serial(a, bp, c, accumulate):
     """:func:`gemm_packed` on the calling thread, for callers that share work out themselves."""
-    _product(_any_layout(a), _flat_panels(bp), bp.shape[1] * bp.shape[2], bp.shape[2],
-             _any_layout(bp[bp.shape[0] - 1]), _any_layout(c), accumulate, False)
+    _product_packed(a, bp, c, accumulate, False)
 
 
 @njit(cache=True)
 def pack_weights(w_t):
     """:func:`pack_b` with the panel width of w_t's dtype."""
-    return pack_b(w_t, 2 * VECTOR_BITS // (8 * w_t.itemsize))
+    return pack_b(w_t, _panel_width(w_t.itemsize))
 
 
 @njit(cache=True)
@@ -352,14 +359,11 @@ def gemm(a, b, c, accumulate):
     their rows share a few L1 cache sets and the panel a tile reuses does not stay in L1 (272
     against 375 GFLOP/s at 1024^3).
     """
-    K, N = b.shape
-    nr = 2 * VECTOR_BITS // (8 * c.itemsize)
-    in_place = b.strides[1] == b.itemsize and b.strides[0] % 4096 != 0
-    if not in_place:
-        bp = pack_b(b, nr)
-        tail = bp[bp.shape[0] - 1] if bp.shape[0] else np.zeros((K, nr), c.dtype)
-        _product(_any_layout(a), _flat_panels(bp), K * nr, nr, _any_layout(tail), _any_layout(c), accumulate, True)
+    N = b.shape[1]
+    if b.strides[1] != b.itemsize or b.strides[0] % 4096 == 0:
+        _product_packed(a, pack_weights(b), c, accumulate, True)
         return
+    nr = _panel_width(c.itemsize)
     full = N // nr
     tail = pack_b(b[:, full * nr:], nr)[0] if N % nr else np.zeros((0, nr), c.dtype)  # (0, nr): never read
     _product(_any_layout(a), _any_layout(b), nr, b.strides[0] // b.itemsize, _any_layout(tail), _any_layout(c),

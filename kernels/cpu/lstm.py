@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, take_valid_rows, weight_grads
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 
@@ -125,6 +125,7 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, 
                 tanh_c = tanh(c_next_row[j])
                 dc_row[j] += dh_j * o * (one - tanh_c * tanh_c)
                 d_o[j] = dh_j * tanh_c * o * (one - o)
+            dh_row[:] = zero  # used up; the recurrent GEMM adds the gradient for the step before
             for j in range(H):
                 i = g_i[j]
                 d_i[j] = dc_row[j] * g_g[j] * i * (one - i)
@@ -141,23 +142,22 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, 
 
 
 @njit(cache=True)
-def _backward_rows(b0, b1, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec):
+def _backward_rows(b0, b1, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
     """BPTT through batch rows b0:b1, all T steps."""
     one = c[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
         _backward_step(dgates[t, b0:b1], dy[t, b0:b1], dh[b0:b1], dc[b0:b1], gates[t, b0:b1], c[t, b0:b1],
                        c[t + 1, b0:b1], t, lengths[b0:b1], one, zero)
-        gemm_packed_serial(dgates[t, b0:b1], w_hh_p, dh_rec[b0:b1], False)
-        take_valid_rows(dh[b0:b1], dh_rec[b0:b1], t, lengths[b0:b1])
+        gemm_packed_serial(dgates[t, b0:b1], w_hh_p, dh[b0:b1], True)  # rows past a length add zeros
 
 
 @njit(cache=True, parallel=True)
-def _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec):
+def _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
     B = dh.shape[0]
     per = (B + blocks - 1) // blocks
     for k in prange(blocks):
-        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec)
+        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, dc, lengths, c, gates, dgates)
 
 
 @njit(cache=True)
@@ -166,13 +166,12 @@ def _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dw_ih, dw
     when ``accumulate``), db with single GEMMs. dh, dc: (B, H) enter as dhT, dcT, leave as dh0, dc0."""
     T, B, I = x.shape
     H = dh.shape[1]
-    dh_rec = np.empty((B, H), dtype=x.dtype)
     w_hh_p = pack_weights(w_hh)
     blocks = row_blocks(B, H)
     if blocks > 1:
-        _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec)
+        _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates)
     else:  # one core: starting the parallel region's threads would cost more than it saves
-        _backward_rows(0, B, w_hh_p, dy, dh, dc, lengths, c, gates, dgates, dh_rec)
+        _backward_rows(0, B, w_hh_p, dy, dh, dc, lengths, c, gates, dgates)
     dg2 = dgates.reshape(T * B, 4 * H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)

@@ -8,7 +8,7 @@ import numpy as np
 from numba import njit, prange
 
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, take_valid_rows, weight_grads
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
 
 NONLINEARITIES = {"tanh": 0, "relu": 1}
@@ -96,27 +96,27 @@ def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, relu, one, zero):
                     dp_row[j] = dh_j if h > zero else zero
                 else:
                     dp_row[j] = dh_j * (one - h * h)
+            dh_row[:] = zero  # used up; the recurrent GEMM adds the gradient for the step before
         else:
             dp_row[:] = zero
 
 
 @njit(cache=True)
-def _backward_rows(b0, b1, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec):
+def _backward_rows(b0, b1, w_hh_p, dy, dh, lengths, h, relu, dpre):
     """BPTT through batch rows b0:b1, all T steps."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(dpre.shape[0] - 1, -1, -1):
         _backward_step(dpre[t, b0:b1], dy[t, b0:b1], dh[b0:b1], h[t + 1, b0:b1], t, lengths[b0:b1], relu, one, zero)
-        gemm_packed_serial(dpre[t, b0:b1], w_hh_p, dh_rec[b0:b1], False)
-        take_valid_rows(dh[b0:b1], dh_rec[b0:b1], t, lengths[b0:b1])
+        gemm_packed_serial(dpre[t, b0:b1], w_hh_p, dh[b0:b1], True)  # rows past a length add zeros
 
 
 @njit(cache=True, parallel=True)
-def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec):
+def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre):
     B = dh.shape[0]
     per = (B + blocks - 1) // blocks
     for k in prange(blocks):
-        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
+        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, lengths, h, relu, dpre)
 
 
 @njit(cache=True)
@@ -125,13 +125,12 @@ def _backward(dy, dh, x, w_ih, w_hh, lengths, h, relu, dpre, dw_ih, dw_hh, db, a
     when ``accumulate``), db with single GEMMs. dh: (B, H) enters as dhT and leaves as dh0."""
     T, B, I = x.shape
     H = dh.shape[1]
-    dh_rec = np.empty((B, H), dtype=x.dtype)
     w_hh_p = pack_weights(w_hh)
     blocks = row_blocks(B, H)
     if blocks > 1:
-        _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
+        _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, relu, dpre)
     else:  # one core: starting the parallel region's threads would cost more than it saves
-        _backward_rows(0, B, w_hh_p, dy, dh, lengths, h, relu, dpre, dh_rec)
+        _backward_rows(0, B, w_hh_p, dy, dh, lengths, h, relu, dpre)
     dp2 = dpre.reshape(T * B, H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dp2, w_ih, dx.reshape(T * B, I), False)
