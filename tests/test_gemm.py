@@ -85,7 +85,7 @@ def test_packed_weights_serve_many_products_serial_or_parallel(dtype):
         ref = x.astype(np.float64) @ w.T.astype(np.float64)
         out_p, out_s = np.empty((m, 96), dtype), np.empty((m, 96), dtype)
         G.gemm_packed(x, packed, out_p, False)
-        G.gemm_packed_serial(x, packed, out_s, False)
+        G.gemm_packed_serial(x, packed, out_s, False, G.core_address(dtype))
         _check(out_p, ref, dtype, 30)
         np.testing.assert_array_equal(out_p, out_s)  # same tiles, same order of sums
 

@@ -1,8 +1,9 @@
 """Helpers shared by the CPU kernels of every cell."""
 import numpy as np
-from numba import config, njit
+from numba import njit
 
-THREADS = config.NUMBA_NUM_THREADS
+from rnnfast.kernels.cpu.gemm import core_address, pack_weights
+from rnnfast.kernels.cpu.threads import THREADS, run_shared
 
 
 def prepare(x, lengths):
@@ -16,7 +17,6 @@ def prepare(x, lengths):
     return x, lengths
 
 
-@njit(cache=True)
 def row_blocks(B, H):
     """How many blocks of batch rows to run a recurrence in, one per core. Rows of a batch never
     read each other, so each core can run its rows through all T steps with no synchronisation;
@@ -25,6 +25,24 @@ def row_blocks(B, H):
     if B * H < 2048:
         return 1
     return max(1, min(THREADS, B // 4))
+
+
+def run_rows(rows, B, H, w, *args):
+    """The recurrence ``rows(b0, b1, core, w_packed, *args)`` over all B batch rows, in one block of
+    rows per core (:func:`row_blocks`). w: the recurrent weight as the GEMM's B operand (K, N), packed
+    here once for every step; core: the compiled GEMM's address for the step products."""
+    core, w_packed = core_address(w.dtype), pack_weights(w)
+    blocks = row_blocks(B, H)
+    per = (B + blocks - 1) // blocks
+    run_shared(lambda k: rows(k * per, min(B, (k + 1) * per), core, w_packed, *args), blocks)
+
+
+@njit(cache=True, inline="always")
+def copy_row(dst, src):
+    """dst[:] = src for two 1-D arrays of one length, in a loop: the slice assignment's shape
+    check formats its error message with compiled string code, 4 s of the first run's compile."""
+    for j in range(dst.shape[0]):
+        dst[j] = src[j]
 
 
 def contiguous(*arrays):

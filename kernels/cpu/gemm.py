@@ -22,13 +22,17 @@ split work themselves, like the recurrences that give each core its own batch ro
 Numba caches compiled code per file; after editing this file, functions in other files that call
 it may keep stale code in ``__pycache__``: delete the ``*.nbi``/``*.nbc`` files there.
 """
+import ctypes
+
+import numba
 import numpy as np
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import config, njit, prange, types
+from numba import carray, cfunc, config, njit, types
 from numba.core import cgutils
-from numba.core.imputils import impl_ret_borrowed
 from numba.extending import intrinsic
+
+from rnnfast.kernels.cpu.threads import THREADS, run_shared
 
 
 def _vector_bits():
@@ -52,14 +56,9 @@ KC = 256                                 # depth of a pass: a B panel (KC x NR) 
 MC = 20 * MR                             # rows of A per block: about 240 KB at KC=256, in L2
 
 
-@njit(cache=True)
-def _panel_width(itemsize):
-    return 2 * VECTOR_BITS // (8 * itemsize)
-
-
 def panel_width(dtype):
     """NR for a dtype: two vector registers of it."""
-    return _panel_width(np.dtype(dtype).itemsize)
+    return 2 * VECTOR_BITS // (8 * np.dtype(dtype).itemsize)
 
 
 def _microkernel(mr, panels=1):
@@ -163,7 +162,7 @@ _micro_1 = _microkernel(1)
 _micro_1x4 = _microkernel(1, panels=4)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, ldc, accumulate):
     """C[0:mr, 0:NR] (+)= A x B-panel for any mr <= MR, from the compiled row counts."""
     if mr == MR:
@@ -200,41 +199,28 @@ def pack_b(b, nr):
     return out
 
 
-@njit(cache=True)
-def _work_split(M, npanels, threads):
-    """Items = (block of MC rows) x (run of ``per`` B panels): at least two per thread and a
-    multiple of the thread count, so the cores stay evenly busy when M is one step's batch as
-    well as when it is every step's rows."""
-    mblocks = (M + MC - 1) // MC
-    nchunks = 1
-    while nchunks < npanels and (mblocks * nchunks < 2 * threads or (mblocks * nchunks) % threads):
-        nchunks += 1
-    per = (npanels + nchunks - 1) // nchunks
-    return mblocks, per, (npanels + per - 1) // per
+def pack_weights(w_t):
+    """:func:`pack_b` with the panel width of w_t's dtype."""
+    return pack_b(w_t, panel_width(w_t.dtype))
 
 
-@njit(cache=True)
-def _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate):
+@njit(cache=True, error_model="numpy")
+def _work_item(item, nchunks, per, M, N, K, a, si, sp, b, b_jstride, b_kstride, tail, c, ldc, nr, accumulate, edge):
     """One item of C: rows ``i0 : i0 + MC`` times B panels ``j_lo : j_hi``, in KC-deep passes.
 
-    The micro-kernel reads A in place through its strides (one of them is 1): a block of A is
-    reused from cache by every panel of the item, so copying it into panels first did not pay.
-    Full panel jp of B starts at b[jp * b_jstride] and steps b_kstride per k; the last, partial
-    panel (N not a multiple of NR) is ``tail``: (K, NR), zero padded, and goes through a scratch
-    tile so nothing past column N is written.
+    Every operand is a flat 1-D array (see :func:`_core`): A[i, p] is a[i * si + p * sp], C[i, j] is
+    c[i * ldc + j]. The micro-kernel reads A in place through its strides (one of them is 1): a
+    block of A is reused from cache by every panel of the item, so copying it into panels first did
+    not pay. Full panel jp of B starts at b[jp * b_jstride] and steps b_kstride per k; the last,
+    partial panel (N not a multiple of NR) is ``tail``: (K * NR), zero padded, and goes through the
+    scratch tile ``edge`` (MR * NR) so nothing past column N is written.
     """
-    M, K = a.shape
-    N = c.shape[1]
-    nr = tail.shape[1]
     npanels = (N + nr - 1) // nr
-    ldc = c.strides[0] // c.itemsize
-    si, sp = a.strides[0] // a.itemsize, a.strides[1] // a.itemsize
     i0 = (item // nchunks) * MC
     rows = min(MC, M - i0)
     j_lo = (item % nchunks) * per
     j_hi = min(npanels, j_lo + per)
     full_panels = N // nr
-    edge = np.empty((MR, nr), dtype=c.dtype)
     for p0 in range(0, K, KC):
         kc = min(KC, K - p0)
         add = 1 if (accumulate or p0 > 0) else 0
@@ -249,54 +235,95 @@ def _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumula
             for ir in range(0, rows, MR):
                 mr = min(MR, rows - ir)
                 a_off = (i0 + ir) * si + p0 * sp
+                c_off = (i0 + ir) * ldc + jp * nr
                 if jp < full_panels:
-                    _tile(mr, kc, a, a_off, sp, si, b, jp * b_jstride + p0 * b_kstride, b_kstride,
-                          c, (i0 + ir) * ldc + jp * nr, ldc, add)
+                    _tile(mr, kc, a, a_off, sp, si, b, jp * b_jstride + p0 * b_kstride, b_kstride, c, c_off, ldc, add)
                     continue
                 _tile(mr, kc, a, a_off, sp, si, tail, p0 * nr, nr, edge, 0, nr, 0)
                 for i in range(mr):
                     for j in range(N - jp * nr):
                         if add:
-                            c[i0 + ir + i, jp * nr + j] += edge[i, j]
+                            c[c_off + i * ldc + j] += edge[i * nr + j]
                         else:
-                            c[i0 + ir + i, jp * nr + j] = edge[i, j]
+                            c[c_off + i * ldc + j] = edge[i * nr + j]
 
 
-@njit(cache=True)
-def _items_serial(n_items, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate):
-    for item in range(n_items):
-        _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
+def _core(a_ptr, b_ptr, tail_ptr, c_ptr, M, N, K, si, sp, b_kstride, b_jstride, ldc, nr, accumulate,
+          item_lo, item_hi, nchunks, per):
+    """Work items ``item_lo:item_hi`` of C (M, N) (+)= A (M, K) @ B (K, N), on raw pointers.
+
+    This is the one place the GEMM is compiled, once per dtype, as a C callback (:func:`core_address`).
+    Numba compiles a caller together with everything it calls: when the kernels called the GEMM as
+    an ``@njit`` function, its code (four micro-kernels, the blocking) was optimised again inside
+    each of them and inside each of their callers, 50 specialisations and about 100 s of the first
+    run's compile time for one LSTM. Called through its address it is compiled once and cached once.
+    A is a[i * si + p * sp], B's full panels are at b[jp * b_jstride + p * b_kstride + j], the
+    partial last panel is tail (K, NR), C is c[i * ldc + j].
+    """
+    a = carray(a_ptr, ((M - 1) * si + (K - 1) * sp + 1,))
+    full = N // nr
+    b = carray(b_ptr, ((full - 1) * b_jstride + (K - 1) * b_kstride + nr if full > 0 else 0,))
+    tail = carray(tail_ptr, (K * nr if N % nr else 0,))
+    c = carray(c_ptr, ((M - 1) * ldc + N,))
+    edge = np.empty(MR * nr, dtype=c.dtype)
+    for item in range(item_lo, item_hi):
+        _work_item(item, nchunks, per, M, N, K, a, si, sp, b, b_jstride, b_kstride, tail, c, ldc, nr, accumulate,
+                   edge)
 
 
-@njit(cache=True, parallel=True)
-def _items_parallel(n_items, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate):
-    for item in prange(n_items):
-        _work_item(item, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
+_CORE_INTS = 14  # the integer arguments of _core after its four pointers
+_cores = {}
 
 
-# Below this many multiply-adds (about 15 us on one core) a product runs on the caller's thread.
-# Starting the parallel region costs a microsecond when the other thread is spinning, but tens
-# when it has gone to sleep, as it has between the small products of a batch-1 layer: batch-1
-# LSTM forward+backward timings scattered from 0.52 to 0.88 ms with 1 << 18 here.
-SERIAL_BELOW = 1 << 22
-THREADS = config.NUMBA_NUM_THREADS
+def _compiled_core(dtype):
+    """The compiled :func:`_core` for dtype (float32 or float64), compiled or loaded on first use."""
+    dtype = np.dtype(dtype)
+    if dtype not in _cores:
+        if dtype.type not in (np.float32, np.float64):
+            raise TypeError(f"the CPU GEMM takes float32 or float64, got {dtype}")
+        ptr = types.CPointer(numba.from_dtype(dtype))
+        sig = types.void(ptr, ptr, ptr, ptr, *([types.int64] * _CORE_INTS))
+        compiled = cfunc(sig, cache=True, error_model="numpy")(_core)
+        call = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * 4), *([ctypes.c_int64] * _CORE_INTS))(compiled.address)
+        _cores[dtype] = (compiled, call)
+    return _cores[dtype]
+
+
+def core_address(dtype) -> int:
+    """Address of the compiled GEMM for dtype: what :func:`gemm_packed_serial` takes as ``core``."""
+    return _compiled_core(dtype)[0].address
 
 
 @intrinsic
-def _any_layout(typingctx, arr):
-    """The same array, typed with layout 'A'. The work functions below see every operand as 'A',
-    so they compile once per dtype rather than once per combination of C, F and strided views
-    (each combination cost several seconds of compile time)."""
-    def codegen(context, builder, signature, args):
-        return impl_ret_borrowed(context, builder, signature.return_type, args[0])
+def _call_core(typingctx, address, a, b, tail, c, ints):
+    """Calls the compiled :func:`_core` at ``address`` with the data pointers of a, b, tail, c and the
+    integers in the tuple ``ints`` (as int64). The call is through a run-time address, so a kernel
+    that makes it is compiled without the GEMM's code and stays valid in the cache."""
+    sig = types.void(address, a, b, tail, c, ints)
 
-    return arr.copy(layout="A")(arr), codegen
+    def codegen(context, builder, signature, args):
+        address, *arrays, ints = args
+        pointers = [context.make_array(ty)(context, builder, value).data
+                    for ty, value in zip(signature.args[1:5], arrays)]
+        values = [context.cast(builder, builder.extract_value(ints, k), ty, types.int64)
+                  for k, ty in enumerate(signature.args[5])]
+        i64 = ir.IntType(64)
+        fnty = ir.FunctionType(ir.VoidType(), [p.type for p in pointers] + [i64] * len(values))
+        builder.call(builder.inttoptr(address, fnty.as_pointer()), pointers + values)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True)
-def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
-    """The work of every entry point, on 2-D operands typed 'A' (see _any_layout); b is B read
-    in place or packed panels flattened to (npanels * K, NR)."""
+def gemm_packed_serial(a, bp, c, accumulate, core):
+    """c (+)= a @ b on the calling thread, with b packed by :func:`pack_b`; for kernels that share
+    work out across the cores themselves (each core its own batch rows).
+
+    a: (M, K) with a unit stride along one axis; bp: (npanels, K, NR) with NR = :func:`panel_width`;
+    c: (M, N) with unit column stride and N <= npanels * NR; accumulate: False overwrites c, True
+    adds to it; core: :func:`core_address` of the dtype.
+    """
     M, K = a.shape
     N = c.shape[1]
     if M == 0 or N == 0:
@@ -305,52 +332,78 @@ def _product(a, b, b_jstride, b_kstride, tail, c, accumulate, parallel):
         if not accumulate:
             c[:] = 0
         return
-    if not (a.strides[0] == a.itemsize or a.strides[1] == a.itemsize):
-        a = _any_layout(np.ascontiguousarray(a))
-    npanels = (N + tail.shape[1] - 1) // tail.shape[1]
-    if parallel and M * N * K >= SERIAL_BELOW:
-        mblocks, per, nchunks = _work_split(M, npanels, THREADS)
-        _items_parallel(mblocks * nchunks, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
-    else:
-        mblocks, per, nchunks = _work_split(M, npanels, 1)
-        _items_serial(mblocks * nchunks, nchunks, per, a, b, b_jstride, b_kstride, tail, c, accumulate)
+    npanels, _, nr = bp.shape
+    size = a.itemsize
+    mblocks = (M + MC - 1) // MC
+    _call_core(core, a, bp, bp[npanels - 1], c,
+               (M, N, K, a.strides[0] // size, a.strides[1] // size, nr, K * nr, c.strides[0] // size, nr,
+                1 if accumulate else 0, 0, mblocks, 1, npanels))
 
 
-@njit(cache=True)
-def _product_packed(a, bp, c, accumulate, parallel):
-    """:func:`_product` with B given as packed panels (npanels, K, NR)."""
-    if bp.shape[0] == 0:  # N == 0: nothing to write
+# Below this many multiply-adds (about 15 us on one core) a product runs on the caller's thread.
+# Waking the other thread costs tens of microseconds when it has gone to sleep, as it has between
+# the small products of a batch-1 layer: batch-1 LSTM forward+backward timings scattered from
+# 0.52 to 0.88 ms with 1 << 18 here.
+SERIAL_BELOW = 1 << 22
+
+
+def _work_split(M, npanels, threads):
+    """Items = (block of MC rows) x (run of ``per`` B panels): at least two per thread and a
+    multiple of the thread count, so the cores stay evenly busy when M is one step's batch as
+    well as when it is every step's rows. Returns (mblocks, per, nchunks)."""
+    mblocks = (M + MC - 1) // MC
+    nchunks = 1
+    while nchunks < npanels and (mblocks * nchunks < 2 * threads or (mblocks * nchunks) % threads):
+        nchunks += 1
+    per = (npanels + nchunks - 1) // nchunks
+    return mblocks, per, (npanels + per - 1) // per
+
+
+def _product(a, b, b_kstride, b_jstride, tail, c, accumulate):
+    """c (+)= a @ B, the work shared across the cores when it is large. B's full panels are in b
+    (read with b_kstride, b_jstride), its partial last panel is tail: (K, NR)."""
+    M, K = a.shape
+    N = c.shape[1]
+    if M == 0 or N == 0:
         return
-    flat = bp.reshape(bp.shape[0] * bp.shape[1], bp.shape[2])
-    _product(_any_layout(a), _any_layout(flat), bp.shape[1] * bp.shape[2], bp.shape[2],
-             _any_layout(bp[bp.shape[0] - 1]), _any_layout(c), accumulate, parallel)
+    if K == 0:
+        if not accumulate:
+            c[:] = 0
+        return
+    size = a.itemsize
+    if not (a.strides[0] == size or a.strides[1] == size) or min(a.strides) < 0:
+        a = np.ascontiguousarray(a)
+    nr = tail.shape[1]
+    threads = THREADS if M * N * K >= SERIAL_BELOW else 1
+    mblocks, per, nchunks = _work_split(M, (N + nr - 1) // nr, threads)
+    items = mblocks * nchunks
+    call = _compiled_core(c.dtype)[1]
+    args = (a.ctypes.data, b.ctypes.data, tail.ctypes.data, c.ctypes.data, M, N, K, a.strides[0] // size,
+            a.strides[1] // size, b_kstride, b_jstride, c.strides[0] // size, nr, int(bool(accumulate)))
+    if threads == 1:
+        call(*args, 0, items, nchunks, per)
+        return
+    share = (items + threads - 1) // threads
+    run_shared(lambda k: call(*args, k * share, min(items, (k + 1) * share), nchunks, per), threads)
 
 
-@njit(cache=True)
+def _check(a, b, c):
+    if not (a.dtype == b.dtype == c.dtype) or c.shape != (a.shape[0], b.shape[-1]) or (c.size and c.strides[1] != c.itemsize):
+        raise ValueError(f"gemm: a {a.dtype}{a.shape}, b {b.dtype}{b.shape} and c {c.dtype}{c.shape} with strides "
+                         f"{c.strides}: c must be (M, N) with unit column stride, all of one dtype")
+
+
 def gemm_packed(a, bp, c, accumulate):
-    """c (+)= a @ b, with b given packed by :func:`pack_b`.
-
-    a: (M, K), any strides; bp: (npanels, K, NR) with NR = :func:`panel_width`; c: (M, N) with
-    unit column stride and N <= npanels * NR. accumulate: False overwrites c, True adds to it.
-    """
-    _product_packed(a, bp, c, accumulate, True)
-
-
-@njit(cache=True)
-def gemm_packed_serial(a, bp, c, accumulate):
-    """:func:`gemm_packed` on the calling thread, for callers that share work out themselves."""
-    _product_packed(a, bp, c, accumulate, False)
+    """c (+)= a @ b with b packed by :func:`pack_b`: bp (npanels, K, NR); the rest as :func:`gemm`."""
+    npanels, K, nr = bp.shape
+    if npanels == 0:  # N == 0: nothing to write
+        return
+    _product(a, bp, nr, K * nr, bp[npanels - 1], c, accumulate)
 
 
-@njit(cache=True)
-def pack_weights(w_t):
-    """:func:`pack_b` with the panel width of w_t's dtype."""
-    return pack_b(w_t, _panel_width(w_t.itemsize))
-
-
-@njit(cache=True)
 def gemm(a, b, c, accumulate):
     """c (+)= a @ b for 2-D a: (M, K) and b: (K, N) of any strides; c: (M, N) with unit column stride.
+    accumulate: False overwrites c, True adds to it. Large products run on all cores.
 
     A row-major b is read in place (only a partial last panel is copied), so a product such as
     ``dW_hh = dgates^T @ h`` needs no second copy of every step's states; it was as fast or
@@ -359,15 +412,16 @@ def gemm(a, b, c, accumulate):
     their rows share a few L1 cache sets and the panel a tile reuses does not stay in L1 (272
     against 375 GFLOP/s at 1024^3).
     """
-    N = b.shape[1]
-    if b.strides[1] != b.itemsize or b.strides[0] % 4096 == 0:
-        _product_packed(a, pack_weights(b), c, accumulate, True)
+    _check(a, b, c)
+    K, N = b.shape
+    if b.strides[1] != b.itemsize or b.strides[0] % 4096 == 0 or b.strides[0] < 0:
+        gemm_packed(a, pack_weights(b), c, accumulate)
         return
-    nr = _panel_width(c.itemsize)
+    nr = panel_width(c.dtype)
     full = N // nr
-    tail = pack_b(b[:, full * nr:], nr)[0] if N % nr else np.zeros((0, nr), c.dtype)  # (0, nr): never read
-    _product(_any_layout(a), _any_layout(b), nr, b.strides[0] // b.itemsize, _any_layout(tail), _any_layout(c),
-             accumulate, True)
+    tail = np.zeros((K, nr), c.dtype)
+    tail[:, :N - full * nr] = b[:, full * nr:]
+    _product(a, b, b.strides[0] // b.itemsize, nr, tail, c, accumulate)
 
 
 def _float_pair(a, b):

@@ -20,6 +20,7 @@ import numpy as np
 from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
+from rnnfast.kernels.cpu.common import copy_row
 from rnnfast.kernels.cpu.gemm import matmul
 
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -66,6 +67,33 @@ def _cell_update(cell, xg, hg, h, c):
             h[j] = tanh(xg[j] + hg[j])
 
 
+@njit(cache=True, inline="always")
+def _before(e, a, b):
+    """Whether id a comes before id b in descending e, ties by ascending id: a total order."""
+    return e[a] > e[b] or (e[a] == e[b] and a < b)
+
+
+@njit(cache=True)
+def _order_by_mass(e, order):
+    """order: (V,) = the ids sorted by :func:`_before` (Shell sort: a few lines here instead of
+    NumPy's sorts, whose compiled code cost 10 s of the first ``rnnfast generate``)."""
+    V = e.shape[0]
+    for v in range(V):
+        order[v] = v
+    gap = 1
+    while gap < V // 3:
+        gap = 3 * gap + 1
+    while gap > 0:
+        for i in range(gap, V):
+            item = order[i]
+            j = i
+            while j >= gap and _before(e, item, order[j - gap]):
+                order[j] = order[j - gap]
+                j -= gap
+            order[j] = item
+        gap //= 3
+
+
 @njit(cache=True)
 def _sample(logits, u, temperature, top_k, top_p, keep, e, order):
     """One id from logits: (V,) float64 by the module docstring's rule; keep, e, order: (V,) scratch."""
@@ -73,14 +101,17 @@ def _sample(logits, u, temperature, top_k, top_p, keep, e, order):
     top = logits.max()
     kth = -np.inf
     if 0 < top_k < V:
-        kth = np.sort(logits)[V - top_k]
+        for v in range(V):
+            e[v] = logits[v]
+        _order_by_mass(e, order)
+        kth = logits[order[top_k - 1]]  # the k-th largest
     total = 0.0
     for v in range(V):
         keep[v] = logits[v] >= kth
         e[v] = np.exp(logits[v] - top) if keep[v] else 0.0
         total += e[v]
     if top_p < 1.0:
-        order[:] = np.argsort(-e, kind="mergesort")
+        _order_by_mass(e, order)
         before = 0.0
         for v in order:
             if keep[v]:
@@ -132,7 +163,7 @@ def _generate(cell, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime,
         for step in range(P - 1 + N):
             for layer in range(L):
                 if layer == 0:
-                    xg[:] = emb_proj[token]
+                    copy_row(xg, emb_proj[token])
                 else:
                     _matvec_add(w_ih[layer - 1], h[layer - 1, b], b_ih[layer], xg)
                 _matvec_add(w_hh[layer], h[layer, b], b_hh[layer], hg)
@@ -141,7 +172,8 @@ def _generate(cell, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime,
                 token = prime[b, step + 1]
                 continue
             _matvec_add(w_out, h[L - 1, b], b_out, logits32)
-            logits[:] = logits32
+            for v in range(V):
+                logits[v] = logits32[v]
             n = step + 1 - P
             token = _sample(logits, uniforms[b, n], temperature, top_k, top_p, keep, e, order)
             ids[b, n] = token

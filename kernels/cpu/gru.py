@@ -11,14 +11,14 @@ turns the one into the other in place between their GEMMs.
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, weight_grads
-from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(inline="always", fastmath=True, error_model="numpy")
 def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one, zero):
     # Gate views and short loops indexed from 0, so LLVM vectorises them (see lstm._forward_step).
     B, H = h_prev.shape
@@ -39,50 +39,25 @@ def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one,
                 g_n[j] = tanh(g_n[j] + g_r[j] * hn_row[j])
             for j in range(H):
                 h_row[j] = (one - g_z[j]) * g_n[j] + g_z[j] * h_prev_row[j]
-            y_t[b] = h_row
+            copy_row(y_t[b], h_row)
         else:
-            h_next[b] = h_prev[b]
+            copy_row(h_next[b], h_prev[b])
             y_t[b] = zero
             gates_t[b] = zero
             hn_t[b] = zero
 
 
-@njit(cache=True)
-def _forward_rows(b0, b1, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
-    """The recurrence for batch rows b0:b1, all T steps: rows never read each other."""
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
+    """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
+    w_hh_t: W_hh^T packed; gates: (T, B, 3H) hold W_i x + b_i on entry; hw: (B, 3H) scratch for
+    W_hh h of the current step."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0]):
-        gemm_packed_serial(h[t, b0:b1], w_hh_t, hw[b0:b1], False)
+        gemm_packed_serial(h[t, b0:b1], w_hh_t, hw[b0:b1], False, core)
         _forward_step(gates[t, b0:b1], hn[t, b0:b1], hw[b0:b1], b_hh, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1],
                       t, lengths[b0:b1], one, zero)
-
-
-@njit(cache=True, parallel=True)
-def _forward_recurrence(blocks, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
-    B = h.shape[1]
-    per = (B + blocks - 1) // blocks
-    for k in prange(blocks):
-        _forward_rows(k * per, min(B, (k + 1) * per), w_hh_t, b_hh, lengths, y, h, gates, hn, hw)
-
-
-@njit(cache=True)
-def _forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, h, gates, hn):
-    """x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,); lengths: (B,).
-    Writes y: (T, B, H), h: (T+1, B, H), gates: (T, B, 3H) = r, z, n and hn: (T, B, H) = W_hn h + b_hn."""
-    T, B, I = x.shape
-    H = h0.shape[1]
-    g2 = gates.reshape(T * B, 3 * H)
-    gemm(x.reshape(T * B, I), w_ih.T, g2, False)
-    g2 += b_ih
-    h[0] = h0
-    hw = np.empty((B, 3 * H), dtype=x.dtype)  # W_hh h of the current step, rows split across cores
-    w_hh_t = pack_weights(w_hh.T)
-    blocks = row_blocks(B, H)
-    if blocks > 1:
-        _forward_recurrence(blocks, w_hh_t, b_hh, lengths, y, h, gates, hn, hw)
-    else:  # one core: starting the parallel region's threads would cost more than it saves
-        _forward_rows(0, B, w_hh_t, b_hh, lengths, y, h, gates, hn, hw)
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
@@ -93,18 +68,23 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """
     x, lengths = prepare(x, lengths)
     h0, w_ih, w_hh, b_ih, b_hh = contiguous(h0, w_ih, w_hh, b_ih, b_hh)
-    T, B, _ = x.shape
+    T, B, I = x.shape
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.empty((T, B, 3 * H), dtype=x.dtype)
-    hn = np.empty((T, B, H), dtype=x.dtype)
-    _forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths, y, h, gates, hn)
+    gates = np.empty((T, B, 3 * H), dtype=x.dtype)  # r, z, n
+    hn = np.empty((T, B, H), dtype=x.dtype)  # W_hn h + b_hn
+    g2 = gates.reshape(T * B, 3 * H)
+    gemm(x.reshape(T * B, I), w_ih.T, g2, False)
+    g2 += b_ih
+    h[0] = h0
+    hw = np.empty((B, 3 * H), dtype=x.dtype)
+    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw)
     cache = (x, w_ih, w_hh, lengths, h, gates, hn)
     return y, h[T].copy(), cache
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(inline="always", fastmath=True, error_model="numpy")
 def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, lengths, one, zero):
     # Gate views and short loops (see _forward_step): through h' = (1 - z) * n + z * h first,
     # then through n's reset gate r.
@@ -140,53 +120,17 @@ def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, l
             dgh_row[:] = zero
 
 
-@njit(cache=True)
-def _backward_rows(b0, b1, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h):
-    """BPTT through batch rows b0:b1, all T steps."""
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h):
+    """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh: (B, H) enters as dhT
+    and leaves as dh0; fills dgates: (T, B, 3H) with the input side's gate gradients; dgates_h:
+    (B, 3H) scratch for the recurrent side's of the current step."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
         _backward_step(dgates[t, b0:b1], dgates_h[b0:b1], dy[t, b0:b1], dh[b0:b1], gates[t, b0:b1], hn[t, b0:b1],
                        h[t, b0:b1], t, lengths[b0:b1], one, zero)
-        gemm_packed_serial(dgates_h[b0:b1], w_hh_p, dh[b0:b1], True)  # zero where a row has ended
-
-
-@njit(cache=True, parallel=True)
-def _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h):
-    B = dh.shape[0]
-    per = (B + blocks - 1) // blocks
-    for k in prange(blocks):
-        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h)
-
-
-@njit(cache=True)
-def _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dw_ih, dw_hh, db_ih, db_hh, accumulate):
-    """Fills dgates: (T, B, 3H) step by step with the input side's gate gradients, then returns dx
-    and fills dw_ih, db_ih with single GEMMs and reductions; then turns dgates into the recurrent side's (they differ
-    only in n, by the factor r) in place for dw_hh and db_hh, so one (T, B, 3H) array serves both.
-    dw_ih and dw_hh are added into when ``accumulate``. dh: (B, H) enters as dhT and leaves as dh0."""
-    T, B, I = x.shape
-    H = dh.shape[1]
-    dgates_h = np.empty((B, 3 * H), dtype=x.dtype)
-    w_hh_p = pack_weights(w_hh)
-    blocks = row_blocks(B, H)
-    if blocks > 1:
-        _backward_recurrence(blocks, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h)
-    else:  # one core: starting the parallel region's threads would cost more than it saves
-        _backward_rows(0, B, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h)
-    dg2 = dgates.reshape(T * B, 3 * H)
-    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
-    db_ih[:] = dg2.sum(axis=0)
-    g2 = gates.reshape(T * B, 3 * H)
-    for row in range(T * B):
-        dn, r = dg2[row, 2 * H:], g2[row, :H]
-        for j in range(H):
-            dn[j] *= r[j]  # dn -> dn * r
-    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
-    db_hh[:] = dg2.sum(axis=0)
-    return dx
+        gemm_packed_serial(dgates_h[b0:b1], w_hh_p, dh[b0:b1], True, core)  # zero where a row has ended
 
 
 def gru_backward(dy, dhT, cache, grads=None):
@@ -203,7 +147,14 @@ def gru_backward(dy, dhT, cache, grads=None):
     dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
     dgates = np.empty((T, B, 3 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
-    db_ih = np.empty(3 * H, dtype=x.dtype)
-    db_hh = np.empty(3 * H, dtype=x.dtype)
-    dx = _backward(dy, dh, x, w_ih, w_hh, lengths, h, gates, hn, dgates, dw_ih, dw_hh, db_ih, db_hh, accumulate)
-    return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, db_ih, db_hh))
+    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, gates, hn, dgates, np.empty((B, 3 * H), x.dtype))
+    # dx, dW_ih, db_ih from the input side's gate gradients; then dgates becomes the recurrent
+    # side's in place (they differ only in n, by the factor r), so one (T, B, 3H) array serves both
+    dg2 = dgates.reshape(T * B, 3 * H)
+    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
+    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
+    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
+    db_ih = dg2.sum(axis=0)
+    dg2[:, 2 * H:] *= gates.reshape(T * B, 3 * H)[:, :H]  # dn -> dn * r
+    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
+    return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))

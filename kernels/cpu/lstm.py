@@ -12,14 +12,14 @@ pointwise pass and one recurrent GEMM per step, then ``dx``, ``dw_ih``, ``dw_hh`
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 """
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, prepare, row_blocks, weight_grads
-from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, pack_weights
+from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(inline="always", fastmath=True, error_model="numpy")
 def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths, zero):
     # Each gate is its own 1-D view and each loop touches few arrays, all indexed from 0: LLVM
     # vectorises a loop only when it can rule out negative indices and overlapping arrays with
@@ -44,48 +44,23 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths
                 c_row[j] = g_f[j] * c_prev_row[j] + g_i[j] * g_g[j]
             for j in range(H):
                 h_row[j] = g_o[j] * tanh(c_row[j])
-            y_t[b] = h_row
+            copy_row(y_t[b], h_row)
         else:
-            c_next[b] = c_prev[b]
-            h_next[b] = h_prev[b]
+            copy_row(c_next[b], c_prev[b])
+            copy_row(h_next[b], h_prev[b])
             y_t[b] = zero
             gates_t[b] = zero
 
 
-@njit(cache=True)
-def _forward_rows(b0, b1, w_hh_t, bias, lengths, y, h, c, gates):
-    """The recurrence for batch rows b0:b1, all T steps: rows never read each other."""
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates):
+    """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
+    w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry."""
     zero = h[0, 0, 0] * 0
     for t in range(gates.shape[0]):
-        gemm_packed_serial(h[t, b0:b1], w_hh_t, gates[t, b0:b1], True)
+        gemm_packed_serial(h[t, b0:b1], w_hh_t, gates[t, b0:b1], True, core)
         _forward_step(gates[t, b0:b1], bias, c[t, b0:b1], h[t, b0:b1], c[t + 1, b0:b1], h[t + 1, b0:b1],
                       y[t, b0:b1], t, lengths[b0:b1], zero)
-
-
-@njit(cache=True, parallel=True)
-def _forward_recurrence(blocks, w_hh_t, bias, lengths, y, h, c, gates):
-    B = h.shape[1]
-    per = (B + blocks - 1) // blocks
-    for k in prange(blocks):
-        _forward_rows(k * per, min(B, (k + 1) * per), w_hh_t, bias, lengths, y, h, c, gates)
-
-
-@njit(cache=True)
-def _forward(x, h0, c0, w_ih, w_hh, bias, lengths, y, h, c, gates):
-    """x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H); bias: (4H,) = b_ih + b_hh;
-    lengths: (B,) int64. Writes y: (T, B, H), h, c: (T+1, B, H), gates: (T, B, 4H) post-activation."""
-    T, B, I = x.shape
-    H = h0.shape[1]
-    gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
-    h[0] = h0
-    c[0] = c0
-    # W_hh packed once, read by every step; the batch split across the cores for the whole sequence
-    w_hh_t = pack_weights(w_hh.T)
-    blocks = row_blocks(B, H)
-    if blocks > 1:
-        _forward_recurrence(blocks, w_hh_t, bias, lengths, y, h, c, gates)
-    else:  # one core: starting the parallel region's threads would cost more than it saves
-        _forward_rows(0, B, w_hh_t, bias, lengths, y, h, c, gates)
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
@@ -96,18 +71,21 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     """
     x, lengths = prepare(x, lengths)
     h0, c0, w_ih, w_hh = contiguous(h0, c0, w_ih, w_hh)
-    T, B, _ = x.shape
+    T, B, I = x.shape
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
     c = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.empty((T, B, 4 * H), dtype=x.dtype)
-    _forward(x, h0, c0, w_ih, w_hh, b_ih + b_hh, lengths, y, h, c, gates)
+    gates = np.empty((T, B, 4 * H), dtype=x.dtype)  # post-activation i, f, g, o
+    gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
+    h[0] = h0
+    c[0] = c0
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates)
     cache = (x, w_ih, w_hh, lengths, h, c, gates)
     return y, h[T].copy(), c[T].copy(), cache
 
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(inline="always", fastmath=True, error_model="numpy")
 def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, one, zero):
     # Gate views and short loops, as in _forward_step: the first pass takes the gradient through
     # h' = o * tanh(c') into dc, the others through c' = f * c + i * g.
@@ -141,44 +119,16 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, 
             dg_row[:] = zero
 
 
-@njit(cache=True)
-def _backward_rows(b0, b1, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
-    """BPTT through batch rows b0:b1, all T steps."""
+@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
+    """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh, dc: (B, H) enter as
+    dhT, dcT and leave as dh0, dc0; fills dgates: (T, B, 4H), the pre-activation gate gradients."""
     one = c[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
         _backward_step(dgates[t, b0:b1], dy[t, b0:b1], dh[b0:b1], dc[b0:b1], gates[t, b0:b1], c[t, b0:b1],
                        c[t + 1, b0:b1], t, lengths[b0:b1], one, zero)
-        gemm_packed_serial(dgates[t, b0:b1], w_hh_p, dh[b0:b1], True)  # rows past a length add zeros
-
-
-@njit(cache=True, parallel=True)
-def _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
-    B = dh.shape[0]
-    per = (B + blocks - 1) // blocks
-    for k in prange(blocks):
-        _backward_rows(k * per, min(B, (k + 1) * per), w_hh_p, dy, dh, dc, lengths, c, gates, dgates)
-
-
-@njit(cache=True)
-def _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dw_ih, dw_hh, db, accumulate):
-    """Fills dgates: (T, B, 4H) step by step, then returns dx and fills dw_ih, dw_hh (added into
-    when ``accumulate``), db with single GEMMs. dh, dc: (B, H) enter as dhT, dcT, leave as dh0, dc0."""
-    T, B, I = x.shape
-    H = dh.shape[1]
-    w_hh_p = pack_weights(w_hh)
-    blocks = row_blocks(B, H)
-    if blocks > 1:
-        _backward_recurrence(blocks, w_hh_p, dy, dh, dc, lengths, c, gates, dgates)
-    else:  # one core: starting the parallel region's threads would cost more than it saves
-        _backward_rows(0, B, w_hh_p, dy, dh, dc, lengths, c, gates, dgates)
-    dg2 = dgates.reshape(T * B, 4 * H)
-    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
-    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
-    db[:] = dg2.sum(axis=0)
-    return dx
+        gemm_packed_serial(dgates[t, b0:b1], w_hh_p, dh[b0:b1], True, core)  # rows past a length add zeros
 
 
 def lstm_backward(dy, dhT, dcT, cache, grads=None):
@@ -196,6 +146,11 @@ def lstm_backward(dy, dhT, dcT, cache, grads=None):
     dc = np.zeros((B, H), x.dtype) if dcT is None else np.array(dcT, dtype=x.dtype)
     dgates = np.empty((T, B, 4 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
-    db = np.empty(4 * H, dtype=x.dtype)
-    dx = _backward(dy, dh, dc, x, w_ih, w_hh, lengths, h, c, gates, dgates, dw_ih, dw_hh, db, accumulate)
-    return (dx, dh, dc, dw_ih, dw_hh, *bias_grads(grads, db))
+    run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, gates, dgates)
+    # then dx, dW_ih, dW_hh as single GEMMs over all steps
+    dg2 = dgates.reshape(T * B, 4 * H)
+    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
+    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
+    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
+    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
+    return (dx, dh, dc, dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
