@@ -12,6 +12,9 @@ parameter name, on that parameter's device, and follows the parameter if it move
     array([0.95, 0.95, 0.95])
 
 Each update rule follows its torch.optim counterpart exactly (the tests hold them to 1e-6 in float64).
+On the CPU, float32 and float64 parameters are updated by one compiled pass each
+(:mod:`rnnfast.kernels.cpu.optim`, the analogue of torch's fused optimizers); CuPy arrays and other
+dtypes take the array formulas written out in each ``_update``, which are the specification.
 """
 from __future__ import annotations
 
@@ -20,7 +23,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rnnfast.backend import get_array_module, is_gpu_array, to_device
+from rnnfast.backend import get_array_module, get_backend, is_gpu_array, to_device
+
+
+def _compiled(*arrays):
+    """The CPU kernel table and 1-D views of ``arrays`` when one compiled pass can update them
+    (NumPy, all of one dtype the kernels take, C-contiguous; a None entry, a state slot the rule
+    does not use, becomes an empty array), else None: CuPy arrays and other dtypes take the array
+    formulas."""
+    present = [a for a in arrays if a is not None]
+    backend = get_backend(*present)
+    dtype = present[0].dtype
+    if backend.name != "cpu" or dtype not in backend.kernels.FLOAT_DTYPES:
+        return None
+    if any(a.dtype != dtype or not a.flags.c_contiguous for a in present):
+        return None
+    return backend.kernels, [np.empty(0, dtype) if a is None else a.reshape(-1) for a in arrays]
 
 
 class Optimizer:
@@ -131,9 +149,15 @@ class SGD(Optimizer):
         super().__init__(lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
     def _update(self, name, p, g, step):
+        buf = self._slot(name, "momentum_buffer", p) if self.momentum else None
+        compiled = _compiled(p, g, buf)
+        if compiled is not None:
+            kernels, views = compiled
+            cast = p.dtype.type
+            kernels.sgd_step(*views, cast(self.lr), cast(self.weight_decay), cast(self.momentum), bool(self.nesterov))
+            return
         g = self._with_l2(p, g)
         if self.momentum:
-            buf = self._slot(name, "momentum_buffer", p)
             # buf starts at zero, so the first step gives buf = g exactly, as torch's clone
             buf *= self.momentum
             buf += g
@@ -150,7 +174,23 @@ class Adam(Optimizer):
         super().__init__(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
     def _update(self, name, p, g, step):
-        self._adam(name, p, self._with_l2(p, g), step)
+        if not self._adam_compiled(name, p, g, step, 1.0, self.weight_decay):
+            self._adam(name, p, self._with_l2(p, g), step)
+
+    def _adam_compiled(self, name, p, g, step, lr_decay: float, weight_decay: float) -> bool:
+        """The whole Adam/AdamW update in one compiled pass, when the arrays allow (else False):
+        AdamW's ``p *= lr_decay`` and Adam's L2 ``g + weight_decay * p`` happen inside it."""
+        exp_avg, exp_avg_sq = self._slot(name, "exp_avg", p), self._slot(name, "exp_avg_sq", p)
+        compiled = _compiled(p, g, exp_avg, exp_avg_sq)
+        if compiled is None:
+            return False
+        kernels, views = compiled
+        beta1, beta2 = self.betas
+        cast = p.dtype.type
+        kernels.adam_step(*views, cast(lr_decay), cast(weight_decay), cast(beta1), cast(1 - beta1), cast(beta2),
+                          cast(1 - beta2), cast(self.lr / (1 - beta1**step)), cast(math.sqrt(1 - beta2**step)),
+                          cast(self.eps))
+        return True
 
     def _adam(self, name, p, g, step):
         """The Adam moment update and step, shared with AdamW."""
@@ -172,8 +212,9 @@ class AdamW(Adam):
         super().__init__(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
     def _update(self, name, p, g, step):
-        p *= 1 - self.lr * self.weight_decay
-        self._adam(name, p, g, step)
+        if not self._adam_compiled(name, p, g, step, 1 - self.lr * self.weight_decay, 0.0):
+            p *= 1 - self.lr * self.weight_decay
+            self._adam(name, p, g, step)
 
 
 class RMSprop(Optimizer):
@@ -187,13 +228,20 @@ class RMSprop(Optimizer):
         super().__init__(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
     def _update(self, name, p, g, step):
-        g = self._with_l2(p, g)
         square_avg = self._slot(name, "square_avg", p)
+        buf = self._slot(name, "momentum_buffer", p) if self.momentum else None
+        compiled = _compiled(p, g, square_avg, buf)
+        if compiled is not None:
+            kernels, views = compiled
+            cast = p.dtype.type
+            kernels.square_avg_step(*views, cast(self.lr), cast(self.weight_decay), cast(self.alpha),
+                                    cast(1 - self.alpha), cast(self.eps), cast(self.momentum))
+            return
+        g = self._with_l2(p, g)
         square_avg *= self.alpha
         square_avg += (1 - self.alpha) * g * g
         scaled = g / (get_array_module(p).sqrt(square_avg) + self.eps)
         if self.momentum:
-            buf = self._slot(name, "momentum_buffer", p)
             buf *= self.momentum
             buf += scaled
             scaled = buf
@@ -211,8 +259,15 @@ class Adagrad(Optimizer):
                          initial_accumulator_value=initial_accumulator_value)
 
     def _update(self, name, p, g, step):
-        g = self._with_l2(p, g)
         state_sum = self._slot(name, "sum", p, self.initial_accumulator_value)
+        compiled = _compiled(p, g, state_sum, None)
+        if compiled is not None:  # RMSprop's pass with alpha = 1 keeps the running sum
+            kernels, views = compiled
+            cast = p.dtype.type
+            kernels.square_avg_step(*views, cast(self.lr), cast(self.weight_decay), cast(1.0), cast(0.0),
+                                    cast(self.eps), cast(0.0))
+            return
+        g = self._with_l2(p, g)
         state_sum += g * g
         p -= self.lr * g / (get_array_module(p).sqrt(state_sum) + self.eps)
 
@@ -227,9 +282,15 @@ def clip_grad_norm(grads: dict, max_norm: float) -> float:
     arrays = [g for g in grads.values() if g is not None]
     if not arrays:
         return 0.0
-    xp = get_array_module(*arrays)
-    # per-array partial sums stay on the device; one float() at the end is the only sync
-    total = math.sqrt(float(sum(xp.vdot(g.ravel(), g.ravel()).astype(xp.float64) for g in arrays)))
+    backend = get_backend(*arrays)
+    if backend.name == "cpu" and all(g.dtype in backend.kernels.FLOAT_DTYPES for g in arrays):
+        # one compiled pass per array, summed in float64 (np.vdot sums float32 in float32, on the
+        # OpenBLAS threads the GEMMs keep off the cores)
+        total = math.sqrt(sum(backend.kernels.sum_of_squares(g.reshape(-1)) for g in arrays))
+    else:
+        xp = backend.xp
+        # per-array partial sums stay on the device; one float() at the end is the only sync
+        total = math.sqrt(float(sum(xp.vdot(g.ravel(), g.ravel()).astype(xp.float64) for g in arrays)))
     coef = max_norm / (total + 1e-6)
     if math.isfinite(total) and coef < 1.0:
         for g in arrays:

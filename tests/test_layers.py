@@ -133,6 +133,30 @@ def test_embedding_matches_torch_with_repeated_ids(dtype):
     np.testing.assert_allclose(emb.grads["weight"], ref.weight.grad.numpy(), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ids_dtype", [np.int64, np.int32, np.uint8])
+def test_embedding_backward_sums_repeated_ids_exactly_as_add_at(dtype, ids_dtype):
+    """Thousands of repeats per id: the compiled scatter-add adds in id order, as np.add.at does,
+    so even float32 sums come out bit for bit the same; gradients already there are added to, and
+    rows never looked up keep theirs."""
+    rng = np.random.default_rng(6)
+    emb = rf.Embedding(7, 33, dtype=dtype, seed=2)
+    ids = rng.integers(0, 3, (128, 40)).astype(ids_dtype)  # 3 of 7 ids, ~1700 repeats each
+    dy = (rng.standard_normal((128, 40, 33)) * 10).astype(dtype)
+    expected = rng.standard_normal((7, 33)).astype(dtype)
+    emb.grads["weight"][...] = expected
+    np.add.at(expected, ids.reshape(-1), dy.reshape(-1, 33))
+    emb(ids)
+    emb.backward(dy)
+    np.testing.assert_array_equal(emb.grads["weight"], expected)
+    emb.zero_grad()
+    emb(ids[::2, ::3])  # a strided batch of ids and a non-contiguous dy
+    emb.backward(dy[::2, ::3])
+    expected = np.zeros((7, 33), dtype)
+    np.add.at(expected, ids[::2, ::3].reshape(-1), dy[::2, ::3].reshape(-1, 33))
+    np.testing.assert_array_equal(emb.grads["weight"], expected)
+
+
 def test_embedding_init_is_standard_normal_and_seeded():
     emb = rf.Embedding(200, 100, seed=3)
     w = emb.params["weight"]

@@ -14,13 +14,21 @@ def torch_loss_and_grad(torch, fn, pred, *args, **kwargs):
     return out.item(), t.grad.numpy()
 
 
+def torch_cross_entropy(torch, t, targets, ignore_index, reduction):
+    """torch's cross-entropy on (..., V) logits (it wants the class axis second)."""
+    V = t.shape[-1]
+    return torch.nn.functional.cross_entropy(
+        t.reshape(-1, V), torch.from_numpy(targets.reshape(-1).astype(np.int64)),
+        ignore_index=-100 if ignore_index is None else ignore_index, reduction=reduction,
+    )
+
+
 # -- cross-entropy -----------------------------------------------------------------------------
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 4)])
 @pytest.mark.parametrize("ignore_index", [None, -100, 2])
 @pytest.mark.parametrize("reduction", ["mean", "sum"])
 def test_cross_entropy_matches_torch(shape, ignore_index, reduction):
     torch = pytest.importorskip("torch")
-    F = torch.nn.functional
     rng = np.random.default_rng(0)
     V = 5
     logits = rng.standard_normal(shape + (V,)) * 3
@@ -28,14 +36,8 @@ def test_cross_entropy_matches_torch(shape, ignore_index, reduction):
     if ignore_index == -100:
         targets.reshape(-1)[::3] = -100
     loss, dlogits = losses.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
-    # torch wants the class axis second
     t_loss, t_grad = torch_loss_and_grad(
-        torch,
-        lambda t: F.cross_entropy(
-            t.reshape(-1, V), torch.from_numpy(targets.reshape(-1)),
-            ignore_index=-100 if ignore_index is None else ignore_index, reduction=reduction,
-        ),
-        logits,
+        torch, lambda t: torch_cross_entropy(torch, t, targets, ignore_index, reduction), logits
     )
     if np.isnan(t_loss):  # every target ignored: torch gives NaN, rnnfast 0 with no gradient
         assert loss == 0.0 and not dlogits.any()
@@ -57,6 +59,32 @@ def test_cross_entropy_float32_matches_torch_and_keeps_dtype():
     assert dlogits.dtype == np.float32 and isinstance(loss, float)
     assert loss == pytest.approx(t_loss, rel=1e-5)
     np.testing.assert_allclose(dlogits, t_grad.reshape(dlogits.shape), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
+@pytest.mark.parametrize("ignore_index", [None, -100, 3])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_compiled_cross_entropy_matches_torch_on_a_language_model_batch(dtype, tol, ignore_index, reduction):
+    """The compiled CPU pass on (T, B, V) logits as CharRNN makes them, given as a strided view,
+    with int32 targets: value and gradient as torch's, the gradient in the logits' dtype."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    T, B, V = 16, 8, 65
+    logits = (rng.standard_normal((B, T, V)) * 4).astype(dtype).transpose(1, 0, 2)
+    targets = rng.integers(0, V, (T, B)).astype(np.int32)
+    if ignore_index == -100:
+        targets[::4] = -100
+    loss, dlogits = losses.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    t_loss, t_grad = torch_loss_and_grad(
+        torch,
+        lambda t: torch_cross_entropy(torch, t, targets, ignore_index, reduction),
+        np.ascontiguousarray(logits),
+    )
+    assert isinstance(loss, float) and dlogits.dtype == dtype and dlogits.shape == (T, B, V)
+    assert loss == pytest.approx(t_loss, rel=tol)
+    np.testing.assert_allclose(dlogits, t_grad, rtol=tol, atol=tol * 1e-2)
+    if ignore_index is not None:
+        assert not dlogits[targets == ignore_index].any()
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum"])

@@ -16,24 +16,34 @@ CASES = [
     (optim.SGD, {"lr": 0.1}),
     (optim.SGD, {"lr": 0.05, "weight_decay": 0.1}),
     (optim.SGD, {"lr": 0.1, "momentum": 0.9}),
+    (optim.SGD, {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.1}),
+    (optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
     (optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
     (optim.Adam, {"lr": 0.01}),
     (optim.Adam, {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.1}),
     (optim.AdamW, {"lr": 0.01}),
     (optim.AdamW, {"lr": 0.01, "betas": (0.85, 0.995), "weight_decay": 0.1}),
+    (optim.AdamW, {"lr": 0.01, "eps": 1e-4, "weight_decay": 0.0}),
     (optim.RMSprop, {"lr": 0.01}),
+    (optim.RMSprop, {"lr": 0.01, "momentum": 0.5}),
+    (optim.RMSprop, {"lr": 0.01, "weight_decay": 0.1}),
     (optim.RMSprop, {"lr": 0.01, "alpha": 0.9, "momentum": 0.9, "weight_decay": 0.05}),
     (optim.Adagrad, {"lr": 0.1}),
+    (optim.Adagrad, {"lr": 0.1, "weight_decay": 0.1}),
     (optim.Adagrad, {"lr": 0.1, "eps": 1e-8, "weight_decay": 0.1, "initial_accumulator_value": 0.5}),
 ]
 IDS = [f"{cls.__name__}-{'-'.join(f'{k}={v}' for k, v in kw.items())}" for cls, kw in CASES]
 
 
-def problem(seed=0):
-    """Initial parameters (a dotted name, as a model's) and a fixed sequence of gradients."""
+def problem(seed=0, dtype=np.float64, order="C"):
+    """Initial parameters (a dotted name, as a model's) and a fixed sequence of gradients.
+    ``order="F"`` makes the weight Fortran-ordered, which the compiled passes do not take: it
+    goes through the array formulas while the bias still takes the compiled pass."""
     rng = np.random.default_rng(seed)
     params = {"rnn.weight": rng.standard_normal((3, 4)), "bias": rng.standard_normal(4)}
     grads = [{k: rng.standard_normal(v.shape) for k, v in params.items()} for _ in range(STEPS)]
+    params = {k: np.asarray(v, dtype, order=order) for k, v in params.items()}
+    grads = [{k: v.astype(dtype) for k, v in g.items()} for g in grads]
     return params, grads
 
 
@@ -69,13 +79,41 @@ def assert_same(ours, theirs, atol):
             np.testing.assert_allclose(a[k], b[k], rtol=0, atol=atol, err_msg=f"{k} after step {step + 1}")
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("cls, kwargs", CASES, ids=IDS)
-def test_optimizer_matches_torch(cls, kwargs):
+def test_optimizer_matches_torch(cls, kwargs, order):
+    """float64, over steps with a change of rate: the compiled passes ("C") and the array formulas
+    (the "F" weight) alike."""
     torch = pytest.importorskip("torch")
-    params, grads = problem()
+    params, grads = problem(order=order)
+    assert (optim._compiled(params["rnn.weight"], grads[0]["rnn.weight"]) is None) == (order == "F")
+    expected = torch_trajectory(torch, cls, kwargs, params, grads)
+    ours = {k: v.copy(order="K") for k, v in params.items()}
+    assert_same(run(cls(**kwargs), ours, grads), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("cls, kwargs", CASES, ids=IDS)
+def test_compiled_float32_update_matches_torch_and_keeps_dtype(cls, kwargs):
+    """float32 through the compiled pass against torch.optim's float32 update, to float32 rounding."""
+    torch = pytest.importorskip("torch")
+    params, grads = problem(dtype=np.float32)
     expected = torch_trajectory(torch, cls, kwargs, params, grads)
     ours = {k: v.copy() for k, v in params.items()}
-    assert_same(run(cls(**kwargs), ours, grads), expected, atol=1e-10)
+    opt = cls(**kwargs)
+    assert_same(run(opt, ours, grads), expected, atol=2e-6)
+    assert all(v.dtype == np.float32 for v in ours.values())
+    assert all(a.dtype == np.float32 for slots in opt.state.values() for a in slots.values())
+
+
+def test_compiled_pass_is_chosen_only_for_arrays_it_takes():
+    f32, f64 = np.zeros((2, 3), np.float32), np.zeros((2, 3))
+    kernels, views = optim._compiled(f32, f32.copy(), None)
+    assert all(v.ndim == 1 and v.dtype == np.float32 for v in views) and views[2].size == 0
+    assert np.shares_memory(views[0], f32)  # a view, so the update lands in the parameter
+    assert optim._compiled(f64, f64.copy()) is not None
+    assert optim._compiled(f32, f64) is None  # mixed dtypes
+    assert optim._compiled(f32.astype(np.float16), f32.astype(np.float16)) is None
+    assert optim._compiled(f32.T, f32.T.copy()) is None  # not C-contiguous
 
 
 @pytest.mark.parametrize("cls, kwargs", CASES, ids=IDS)
@@ -159,6 +197,21 @@ def test_clip_grad_norm_matches_torch(max_norm, dtype):
         assert math.sqrt(sum(float((g.astype(np.float64) ** 2).sum()) for g in grads.values())) == pytest.approx(
             max_norm, rel=1e-5
         )
+
+
+def test_clip_grad_norm_accumulates_float32_in_float64():
+    """A million float32 squares summed in float32 drift by ~1e-7 relative; the float64 sum is exact
+    to ~1e-15. None gradients are skipped; a clipped norm lands on max_norm."""
+    rng = np.random.default_rng(7)
+    big = (rng.standard_normal(1_000_003) * 3).astype(np.float32)
+    small = rng.standard_normal((7, 5)).astype(np.float32)
+    exact = math.sqrt(math.fsum(float(v) ** 2 for v in np.concatenate([big, small.reshape(-1)]).astype(np.float64)))
+    grads = {"big": big.copy(), "none": None, "small": small.copy()}
+    assert optim.clip_grad_norm(grads, math.inf) == pytest.approx(exact, rel=1e-13)
+    np.testing.assert_array_equal(grads["big"], big)  # an infinite max_norm leaves gradients alone
+    assert optim.clip_grad_norm(grads, 1.0) == pytest.approx(exact, rel=1e-13)
+    assert optim.clip_grad_norm(grads, 1.0) == pytest.approx(1.0, rel=1e-6)
+    assert optim.clip_grad_norm({"g": None}, 1.0) == 0.0
 
 
 def test_clip_grad_value_matches_torch():

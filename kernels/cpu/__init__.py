@@ -1,8 +1,18 @@
 """CPU kernels (Numba @njit), one module per cell, the kernel contract of DESIGN.md."""
+import numpy as np
+
+from rnnfast.kernels.cpu.cross_entropy import cross_entropy_rows
+from rnnfast.kernels.cpu.embedding import embedding_backward
 from rnnfast.kernels.cpu.gemm import matmul
 from rnnfast.kernels.cpu.generate import generate
 from rnnfast.kernels.cpu.gru import gru_backward, gru_forward
 from rnnfast.kernels.cpu.lstm import lstm_backward, lstm_forward
+from rnnfast.kernels.cpu.optim import adam_step, sgd_step, square_avg_step, sum_of_squares
 from rnnfast.kernels.cpu.rnn import rnn_backward, rnn_forward
 
+# dtypes the compiled optimizer, loss and embedding passes take; the library runs its array formulas for others
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
 __all__ = ["matmul", "generate", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+__all__ += ["FLOAT_DTYPES", "cross_entropy_rows", "embedding_backward", "sgd_step", "adam_step", "square_avg_step",
+            "sum_of_squares"]

@@ -11,4 +11,14 @@ def matmul(a, b):
     return a @ b
 
 
-__all__ = ["matmul", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+def embedding_backward(dweight, ids, dy):
+    """dweight: (V, E) += each row of dy: (..., E) at the row its id in ids: (...) names, repeated
+    ids summed (the CPU side's twin is rnnfast.kernels.cpu.embedding.embedding_backward)."""
+    import cupy  # here, not at the top: the simulator tests import this package without CuPy
+
+    # atomic adds: repeated ids sum (in any order); ufunc.at is in CuPy >= 12, cupyx.scatter_add is deprecated
+    cupy.add.at(dweight, ids.reshape(-1), dy.reshape(-1, dweight.shape[1]))
+
+
+__all__ = ["matmul", "embedding_backward", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
+           "gru_forward", "gru_backward"]
