@@ -180,23 +180,32 @@ def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, 
 
 
 @njit(cache=True)
-def pack_b(b, nr):
-    """Packs b: (K, N), any strides, into NR-wide k-major panels: (ceil(N / NR), K, NR), zero padded."""
-    K, N = b.shape
+def _pack(src, nr, transposed):
+    """:func:`pack_b` of b = src (K, N), or of b = src.T when ``transposed``; src C-contiguous."""
+    K, N = (src.shape[1], src.shape[0]) if transposed else src.shape
     npanels = (N + nr - 1) // nr
-    out = np.zeros((npanels, K, nr), dtype=b.dtype)
+    out = np.zeros((npanels, K, nr), dtype=src.dtype)
     for jp in range(npanels):
         j0 = jp * nr
         width = min(nr, N - j0)
-        if b.strides[1] <= b.strides[0]:
-            for p in range(K):
-                for jj in range(width):
-                    out[jp, p, jj] = b[p, j0 + jj]
-        else:  # b is a transposed view: walk its contiguous direction
+        if transposed:  # walk src's rows, its contiguous direction
             for jj in range(width):
                 for p in range(K):
-                    out[jp, p, jj] = b[p, j0 + jj]
+                    out[jp, p, jj] = src[j0 + jj, p]
+        else:
+            for p in range(K):
+                for jj in range(width):
+                    out[jp, p, jj] = src[p, j0 + jj]
     return out
+
+
+def pack_b(b, nr):
+    """Packs b: (K, N), any strides, into NR-wide k-major panels: (ceil(N / NR), K, NR), zero padded.
+    The compiled loop sees only C-contiguous arrays (one specialisation per dtype): a transposed
+    weight is read through its transpose, anything else is copied first."""
+    if b.flags.f_contiguous and not b.flags.c_contiguous:
+        return _pack(b.T, nr, True)
+    return _pack(np.ascontiguousarray(b), nr, False)
 
 
 def pack_weights(w_t):
@@ -221,6 +230,7 @@ def _work_item(item, nchunks, per, M, N, K, a, si, sp, b, b_jstride, b_kstride, 
     j_lo = (item % nchunks) * per
     j_hi = min(npanels, j_lo + per)
     full_panels = N // nr
+    no_offset = nr - nr  # an int64: a literal 0 as argument would compile _tile a second time
     for p0 in range(0, K, KC):
         kc = min(KC, K - p0)
         add = 1 if (accumulate or p0 > 0) else 0
@@ -239,7 +249,7 @@ def _work_item(item, nchunks, per, M, N, K, a, si, sp, b, b_jstride, b_kstride, 
                 if jp < full_panels:
                     _tile(mr, kc, a, a_off, sp, si, b, jp * b_jstride + p0 * b_kstride, b_kstride, c, c_off, ldc, add)
                     continue
-                _tile(mr, kc, a, a_off, sp, si, tail, p0 * nr, nr, edge, 0, nr, 0)
+                _tile(mr, kc, a, a_off, sp, si, tail, p0 * nr, nr, edge, no_offset, nr, no_offset)
                 for i in range(mr):
                     for j in range(N - jp * nr):
                         if add:
