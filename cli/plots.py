@@ -2,9 +2,24 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
+
+
+def _import_matplotlib():
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401  (what Figure.savefig draws a PNG with)
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        pass
+
+
+def preload() -> None:
+    """Start importing matplotlib in the background: its import takes 1-2 s, and a training run
+    spends that time in compiled kernels, which do not hold the GIL."""
+    threading.Thread(target=_import_matplotlib, name="rnnfast-import-matplotlib", daemon=True).start()
 
 
 def _figure():

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from rnnfast.backend import to_numpy
 from rnnfast.checkpoint import load_checkpoint
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
-from rnnfast.cli.plots import plot_forecast, plot_losses
+from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
 from rnnfast.cli.tasks import TASKS, build_model, check_same_data, describe_loss, read_task, task_of
 from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
 from rnnfast.optim import SGD, Adagrad, Adam, AdamW, RMSprop
@@ -199,6 +199,7 @@ def train(ctx, **opts):
     stop cleanly with a checkpoint; --resume continues exactly; --config
     RUN/config.json repeats a run.
     """
+    preload_plotting()
     resume = opts.pop("resume")
     device = resolve_device(opts.pop("device"))
     out, progress, eval_every, patience = opts.pop("out"), opts.pop("progress"), opts.pop("eval_every"), opts.pop("patience")
