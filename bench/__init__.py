@@ -3,8 +3,10 @@
     >>> from rnnfast.bench import run_bench, format_table      # doctest: +SKIP
     >>> print(format_table(run_bench(cells=["lstm"])))          # doctest: +SKIP
 
-``python -m rnnfast.bench [--full] [--json PATH] [--cells lstm gru ...]`` and ``rnnfast bench``
-run the same scenarios (``bench/scenarios.py``); ``bench/harness.py`` says how they are timed.
+``python -m rnnfast.bench [--full | --sweep] [--json PATH] [--cells lstm gru ...]`` and ``rnnfast bench``
+run the same scenarios (``bench/scenarios.py``); ``bench/harness.py`` says how they are timed. What a
+user's job costs has its own modules: ``train_step.py`` (the whole training step), ``time_to_loss.py``,
+``cold_start.py`` and ``sweep.py``, against the PyTorch model of ``torch_reference.py``.
 """
 
 __all__ = ["run_bench", "format_table"]

@@ -1,4 +1,5 @@
-"""``python -m rnnfast.bench [--full] [--json PATH] [--cells CELL ...] [--repeats N] [--device cpu|gpu]``."""
+"""``python -m rnnfast.bench [--full | --sweep [--plot PATH]] [--json PATH] [--cells CELL ...] [--repeats N]
+[--device cpu|gpu] [--data PATH]``."""
 import argparse
 import json
 import sys
@@ -19,13 +20,26 @@ def main(argv=None):
     parser.add_argument("--cells", nargs="+", choices=CELLS + ("rnn",), help="only these cells")
     parser.add_argument("--repeats", type=int, help="timed rounds per scenario (median reported)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "gpu"))
+    parser.add_argument("--sweep", action="store_true",
+                        help="the training step over hidden size and sequence length, time and peak memory, plotted")
+    parser.add_argument("--plot", metavar="PATH", default="sweep.png", help="where --sweep writes its PNG")
+    parser.add_argument("--data", metavar="PATH", help="corpus of the time-to-loss scenario (--full)")
     args = parser.parse_args(argv)
+    if args.sweep and (args.full or args.device != "cpu"):
+        parser.error("--sweep runs on its own on the CPU; drop --full / --device gpu")
     results = run_bench(full=args.full, device=args.device, cells=args.cells, repeats=args.repeats,
-                        progress=_progress)
+                        progress=_progress, data=args.data, sweep=args.sweep)
     print(format_table(results))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+    if args.sweep:
+        from rnnfast.bench.sweep import plot_sweep
+
+        try:
+            print(f"wrote {plot_sweep(results, args.plot)}", file=sys.stderr)
+        except RuntimeError as exc:
+            sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -95,11 +96,10 @@ def sgemm_rate(n: int = 2048, repeats: int = 7) -> dict:
 
 
 # -- timing -------------------------------------------------------------------------------------
-def _inner_count(fn) -> int:
+def _seconds_once(fn) -> float:
     start = time.perf_counter()
     fn()
-    once = time.perf_counter() - start
-    return max(1, int(np.ceil(MIN_SAMPLE_S / max(once, 1e-7))))
+    return time.perf_counter() - start
 
 
 def _sample(fn, inner) -> float:
@@ -110,13 +110,18 @@ def _sample(fn, inner) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def time_alternating(fns: dict, repeats: int) -> dict:
-    """Seconds per call of each function in ``fns``, timed in alternating rounds: name -> list of
-    one sample per round."""
+def time_alternating(fns: dict, repeats: int, budget_s: float | None = None) -> dict:
+    """Seconds per call of each function in ``fns``, timed in alternating rounds: name -> array of
+    one sample per round. ``budget_s`` lowers the rounds (to no fewer than 3) so that they take
+    about that long."""
     for fn in fns.values():  # warm-up
         fn()
         fn()
-    inner = {name: _inner_count(fn) for name, fn in fns.items()}
+    once = {name: _seconds_once(fn) for name, fn in fns.items()}
+    inner = {name: max(1, int(np.ceil(MIN_SAMPLE_S / max(t, 1e-7)))) for name, t in once.items()}
+    if budget_s is not None:
+        round_s = sum(SETTLE_S + inner[name] * t for name, t in once.items())
+        repeats = max(3, min(repeats, int(budget_s / round_s)))
     samples = {name: [] for name in fns}
     names = list(fns)
     for r in range(repeats):
@@ -125,7 +130,7 @@ def time_alternating(fns: dict, repeats: int) -> dict:
     return {name: np.array(s) for name, s in samples.items()}
 
 
-def _paired_ratio(samples, ref, ours) -> float:
+def paired_ratio(samples, ref, ours) -> float:
     return float(np.median(samples[ref] / samples[ours]))
 
 
@@ -226,13 +231,13 @@ def bench_layer(s: Scenario, repeats: int) -> dict:
     result["fwd_gflops"] = flops / times["rnnfast_fwd"] / 1e9
     if ref is not None:
         result["torch_fwd_ms"] = times["torch_fwd"] * 1e3
-        result["fwd_ratio"] = _paired_ratio(samples, "torch_fwd", "rnnfast_fwd")
+        result["fwd_ratio"] = paired_ratio(samples, "torch_fwd", "rnnfast_fwd")
     if s.kind == "fwd+bwd":
         result["ms"] = times["rnnfast"] * 1e3
         result["gflops"] = 3 * flops / times["rnnfast"] / 1e9
         if ref is not None:
             result["torch_ms"] = times["torch"] * 1e3
-            result["ratio"] = _paired_ratio(samples, "torch", "rnnfast")
+            result["ratio"] = paired_ratio(samples, "torch", "rnnfast")
     else:
         result.update(ms=result["fwd_ms"], gflops=result["fwd_gflops"])
         if ref is not None:
@@ -242,9 +247,10 @@ def bench_layer(s: Scenario, repeats: int) -> dict:
 
 # -- generation ---------------------------------------------------------------------------------
 def bench_generate(s: Scenario, repeats: int) -> dict:
-    from rnnfast.bench.generation import build_char_model, rnnfast_sampler, torch_sampler
+    from rnnfast.bench.generation import rnnfast_sampler, torch_sampler
+    from rnnfast.bench.train_step import build_model
 
-    model = build_char_model(s)
+    model = build_model(s).eval()
     ours = rnnfast_sampler(model, s.chars)
     result = {}
     fns = {"rnnfast": ours}
@@ -259,7 +265,7 @@ def bench_generate(s: Scenario, repeats: int) -> dict:
     if torch is not None:
         result["torch_ms"] = times["torch"] * 1e3
         result["torch_us_per_char"] = times["torch"] / s.chars * 1e6
-        result["ratio"] = _paired_ratio(samples, "torch", "rnnfast")
+        result["ratio"] = paired_ratio(samples, "torch", "rnnfast")
     return result
 
 
@@ -272,19 +278,30 @@ def _run_scenario(s: Scenario, repeats: int) -> dict:
     if s.kind == "memory":
         from rnnfast.bench.memory import bench_memory
         return bench_memory(s, torch is not None)
-    if s.kind == "cold-generate":
-        from rnnfast.bench.generation import bench_cold_generate
-        return bench_cold_generate(s)
+    if s.kind == "train-step":
+        from rnnfast.bench.train_step import bench_train_step
+        return bench_train_step(s, repeats, torch is not None)
+    if s.kind == "sweep":
+        from rnnfast.bench.sweep import bench_sweep_point
+        return bench_sweep_point(s, repeats, torch is not None)
+    if s.kind == "time-to-loss":
+        from rnnfast.bench.time_to_loss import bench_time_to_loss
+        return bench_time_to_loss(s, torch is not None)
+    if s.kind == "cold-start":
+        from rnnfast.bench.cold_start import bench_cold_start
+        return bench_cold_start(s)
     raise ValueError(f"unknown scenario kind {s.kind!r}")
 
 
-def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None, progress=None) -> list[dict]:
-    """Run the quick (or ``full``) scenario set and return one dict per scenario.
+def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None, progress=None,
+              data=None, sweep: bool = False) -> list[dict]:
+    """Run the quick (or ``full``, or ``sweep``) scenario set and return one dict per scenario.
 
     The first dict describes the machine (``kind == "machine"``: CPU, library versions, the
     OPENBLAS_* environment and the SGEMM rates measured now); every other one is a scenario's
     fields plus its results (``ms``, ``torch_ms``, ``ratio``, ``gflops``, ``sgemm_frac``, ...) or an
-    ``error``. ``progress``, if given, is called with each result as it lands.
+    ``error``. ``data`` is the corpus of the time-to-loss scenarios (default: tinyshakespeare beside
+    the checkout). ``progress``, if given, is called with each result as it lands.
     """
     if device == "gpu":
         from rnnfast.bench.gpu_check import run_gpu_bench
@@ -293,7 +310,9 @@ def run_bench(full: bool = False, device: str = "cpu", cells=None, repeats=None,
     if device != "cpu":
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
     repeats = repeats or (FULL_REPEATS if full else QUICK_REPEATS)
-    scenarios = select(full, cells)
+    scenarios = select(full, cells, sweep_points=sweep)
+    if data is not None:
+        scenarios = [replace(s, data=str(data)) if s.kind == "time-to-loss" else s for s in scenarios]
     info = {"kind": "machine", **machine_info(), "sgemm_gflops": sgemm_rate()}
     sgemm = max(info["sgemm_gflops"].values())  # for rows that time no SGEMM of their own
     results = [info]
@@ -319,8 +338,82 @@ def _fmt(value, spec):
     return "" if value is None else format(value, spec)
 
 
+def _table(columns, rows, cells, notes: int = 0) -> list[str]:
+    """Markdown lines: a header of ``columns`` (the first and the last ``notes`` left-aligned, numbers
+    right-aligned), one line per row, ``cells(row)`` giving all but the first column (the scenario),
+    and a row's error in place of its numbers."""
+    numbers = len(columns) - 1 - notes
+    out = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * numbers + "---|" * notes]
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['scenario']} | error: {r['error']} |" + " |" * (len(columns) - 2))
+        else:
+            out.append("| " + " | ".join([r["scenario"], *cells(r)]) + " |")
+    return out + [""]
+
+
+def _load(r) -> str:
+    return f"{r['load_before']:.1f}-{r['load_after']:.1f}"
+
+
+def _layer_cells(r):
+    step = r["kind"] == "fwd+bwd"
+    return [_fmt(r.get("fwd_ms"), ".2f"), _fmt(r.get("torch_fwd_ms"), ".2f"), _fmt(r.get("fwd_ratio"), ".2f"),
+            _fmt(r.get("ms") if step else None, ".2f"), _fmt(r.get("torch_ms") if step else None, ".2f"),
+            _fmt(r.get("ratio"), ".2f"), _fmt(r.get("gflops"), ".0f"), _fmt(r.get("sgemm_gflops"), ".0f"),
+            _fmt(r.get("sgemm_frac"), ".0%"), _load(r)]
+
+
+def _step_cells(r):
+    cells = [_fmt(r.get("ms"), ".2f"), _fmt(r.get("torch_ms"), ".2f"), _fmt(r.get("ratio"), ".2f"),
+             _fmt(r.get("tokens_per_s"), ",.0f"), _fmt(r.get("torch_tokens_per_s"), ",.0f")]
+    if r["kind"] == "sweep":
+        cells += [_fmt(r.get("peak_mib"), ".1f"), _fmt(r.get("torch_peak_mib"), ".1f"), _fmt(r.get("mem_ratio"), ".2f")]
+    return cells + [_fmt(r.get("max_rel_err"), ".1e"), _load(r)]
+
+
+def _time_to_loss_cells(r):
+    return [_fmt(r.get("best_val"), ".4f"), _fmt(r.get("torch_best_val"), ".4f"), _fmt(r.get("loss_diff"), "+.4f"),
+            str(r["steps"]), _fmt(r.get("torch_steps"), "d"), _fmt(r.get("steps_ratio"), ".2f"),
+            f"{r['corpus']} ({r['corpus_chars']:,} chars)"]
+
+
+def _cold_start_cells(r):
+    seconds = ("cold_train_s", "cold_generate_s", "warm_train_s", "warm_generate_s")
+    return [f"{r[k]:.2f}" for k in seconds] + [r["method"]]
+
+
+def _other_cells(r):
+    if r["kind"] == "generate":
+        return [f"{r['us_per_char']:.1f} µs/char", f"{_fmt(r.get('torch_us_per_char'), '.1f')} µs/char",
+                _fmt(r.get("ratio"), ".1f"),
+                f"ids agree with PyTorch's probabilities: {_fmt(r.get('id_agreement'), '.1%')}"]
+    return [f"{r['peak_mib']:.1f} MiB", f"{_fmt(r.get('torch_peak_mib'), '.1f')} MiB", _fmt(r.get("ratio"), ".2f"),
+            r["method"]]
+
+
+_STEP_COLUMNS = ["scenario", "ms/step", "torch ms/step", "ratio", "tokens/s", "torch tokens/s"]
+_CHECK_COLUMNS = ["max rel err", "load"]
+# (kinds, columns, cells, left-aligned note columns at the end), in the order the tables print
+TABLES = (
+    (("fwd", "fwd+bwd"), ["scenario", "fwd ms", "torch fwd ms", "fwd ratio", "fwd+bwd ms", "torch fwd+bwd ms", "ratio",
+                          "GFLOP/s", "SGEMM GFLOP/s", "of SGEMM", "load"], _layer_cells, 0),
+    (("train-step",), _STEP_COLUMNS + _CHECK_COLUMNS, _step_cells, 0),
+    (("sweep",), _STEP_COLUMNS + ["peak MiB", "torch peak MiB", "memory ratio"] + _CHECK_COLUMNS, _step_cells, 0),
+    (("time-to-loss",), ["scenario", "best val loss", "torch best val loss", "torch - rnnfast", "steps",
+                         "torch steps", "steps ratio", "corpus"], _time_to_loss_cells, 1),
+    (("cold-start",), ["scenario", "cold train s", "cold generate s", "warm train s", "warm generate s", "method"],
+     _cold_start_cells, 1),
+    (("generate", "memory"), ["scenario", "rnnfast", "PyTorch", "ratio", "note"], _other_cells, 1),
+)
+
+
 def format_table(results) -> str:
-    """Markdown: the machine line, then one table for layers and one for the other kinds."""
+    """Markdown: the machine line, then one table per group of kinds (``TABLES``) that has rows.
+
+    Ratios are PyTorch / rnnfast (time, memory, or for time-to-loss rnnfast's steps / PyTorch's):
+    above 1 rnnfast is ahead; ``torch - rnnfast`` of the best validation loss is above 0 when
+    rnnfast got lower."""
     machine = next((r for r in results if r.get("kind") == "machine"), None)
     rows = [r for r in results if r.get("kind") != "machine"]
     out = []
@@ -330,39 +423,8 @@ def format_table(results) -> str:
         out += [f"Machine: {machine['cpu']}, {machine['cores']} cores; SGEMM GFLOP/s: {rates}; "
                 f"numba {machine['numba']}, numpy {machine['numpy']}, torch {machine.get('torch', 'absent')}"
                 f" ({machine.get('torch_threads', '-')} threads); env: {env}", ""]
-    layers = [r for r in rows if r["kind"] in ("fwd", "fwd+bwd")]
-    if layers:
-        out += ["| scenario | fwd ms | torch fwd ms | fwd ratio | fwd+bwd ms | torch fwd+bwd ms | ratio "
-                "| GFLOP/s | SGEMM GFLOP/s | of SGEMM | load |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-        for r in layers:
-            if "error" in r:
-                out.append(f"| {r['scenario']} | error: {r['error']} |||||||||| ")
-                continue
-            step = r["kind"] == "fwd+bwd"
-            out.append(" | ".join([
-                f"| {r['scenario']}", _fmt(r.get("fwd_ms"), ".2f"), _fmt(r.get("torch_fwd_ms"), ".2f"),
-                _fmt(r.get("fwd_ratio"), ".2f"), _fmt(r.get("ms") if step else None, ".2f"),
-                _fmt(r.get("torch_ms") if step else None, ".2f"), _fmt(r.get("ratio"), ".2f"),
-                _fmt(r.get("gflops"), ".0f"), _fmt(r.get("sgemm_gflops"), ".0f"), _fmt(r.get("sgemm_frac"), ".0%"),
-                f"{r['load_before']:.1f}-{r['load_after']:.1f}"]) + " |")
-        out.append("")
-    others = [r for r in rows if r["kind"] not in ("fwd", "fwd+bwd")]
-    if others:
-        out += ["| scenario | rnnfast | PyTorch | ratio | note |", "|---|---:|---:|---:|---|"]
-        for r in others:
-            if "error" in r:
-                out.append(f"| {r['scenario']} | error: {r['error']} |||| ")
-            elif r["kind"] == "generate":
-                out.append(f"| {r['scenario']} | {r['us_per_char']:.1f} µs/char | "
-                           f"{_fmt(r.get('torch_us_per_char'), '.1f')} µs/char | {_fmt(r.get('ratio'), '.1f')} | "
-                           f"ids agree with PyTorch's probabilities: {_fmt(r.get('id_agreement'), '.1%')} |")
-            elif r["kind"] == "memory":
-                torch_mib = r.get("torch_peak_mib")
-                out.append(f"| {r['scenario']} | {r['peak_mib']:.1f} MiB | {_fmt(torch_mib, '.1f')} MiB | "
-                           f"{_fmt(r.get('ratio'), '.2f')} | {r['method']} |")
-            elif r["kind"] == "cold-generate":
-                out.append(f"| {r['scenario']} | cold cache {r['cold_s']:.2f} s, warm cache {r['warm_s']:.2f} s | "
-                           f" | | {r['method']} |")
-        out.append("")
+    for kinds, columns, cells, notes in TABLES:
+        chosen = [r for r in rows if r["kind"] in kinds]
+        if chosen:
+            out += _table(columns, chosen, cells, notes)
     return "\n".join(out)
