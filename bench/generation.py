@@ -21,7 +21,7 @@ def rnnfast_sampler(model, chars: int):
     prime = np.zeros(1, np.int64)
 
     def sample():
-        return model.sample(prime, chars, seed=0)[None, 1:]
+        return model.sample(prime, chars, seed=0, compiled=True)[None, 1:]
 
     return sample
 

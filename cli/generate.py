@@ -60,6 +60,10 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, seed, num_sam
         prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
     chosen_seed = secrets.randbelow(2**31) if seed is None else seed
     on_piece = (lambda piece: click.echo(piece, nl=False)) if stream else None
+    if device == "cpu" and not model.sampling_compiled:
+        # This run samples step by step (fast enough for one text, no compile to wait for); the
+        # compiled loop is built meanwhile for the next run.
+        model.compile_sampling_in_background()
     texts = model.sample(prime, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=chosen_seed,
                          num_samples=num_samples, vocab=vocab, stream=on_piece)
     if stream:

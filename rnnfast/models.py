@@ -239,7 +239,8 @@ class CharRNN(_Model):
         return {"loss": loss, "bpc": bits_per_char(loss), "perplexity": perplexity(loss)}
 
     def sample(self, prime, length: int, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, seed: int | None = None, num_samples: int = 1, vocab=None, stream=None):
+               top_p: float | None = None, seed: int | None = None, num_samples: int = 1, vocab=None, stream=None,
+               compiled: bool | None = None):
         """Generate ``length`` characters after ``prime``, ``num_samples`` at once (the batch).
 
         ``prime``: a string (needs ``vocab``; an unknown character is a DataError) or ids. Each new
@@ -248,6 +249,12 @@ class CharRNN(_Model):
         gives the same text on the CPU and the GPU. ``stream``, if given, is called with the prime and
         then each new piece as it comes (a string, or a list of one per sample when
         ``num_samples > 1``; ids without ``vocab``); the pieces joined are the returned text.
+
+        ``compiled`` (CPU): True runs the whole loop as one compiled call, compiling it first if this
+        dtype's loop is not compiled or cached yet (6-8 s, once); False runs one forward step per id
+        through the layers' kernels; None (the default) takes the compiled loop when it is ready or
+        when ``num_samples * length`` reaches ``GENERATE_COMPILE_PAYS_AT``, where compiling pays. Both
+        give the same ids.
 
         Returns the prime plus the generated text: a string (a list of ``num_samples`` strings), or
         without ``vocab`` ids: (P + length,) int32 ((num_samples, P + length)).
@@ -288,8 +295,8 @@ class CharRNN(_Model):
         was_training = self.training
         self.eval()
         try:
-            generate = getattr(get_backend(self.head.params["weight"]).kernels, "generate", None)
-            if generate is not None:  # a backend with a compiled sampling loop (the CPU)
+            generate = self._compiled_sampler(compiled, num_samples * length)
+            if generate is not None:
                 self._sample_compiled(generate, prime_ids, u, temperature, top_k, top_p, out, emit,
                                       chunk=length if stream is None else 16)
             else:
@@ -301,6 +308,32 @@ class CharRNN(_Model):
         texts = [vocab.decode(row) for row in out]
         return texts if num_samples > 1 else texts[0]
 
+
+    def _compiled_sampler(self, compiled, ids):
+        """The backend's compiled sampling loop when :meth:`sample` should use it (see ``compiled``), else None."""
+        kernels = get_backend(self.head.params["weight"]).kernels
+        generate = getattr(kernels, "generate", None)  # only the CPU has one
+        if generate is None or compiled is False:
+            return None
+        if compiled or ids >= kernels.GENERATE_COMPILE_PAYS_AT or self.sampling_compiled:
+            return generate
+        return None
+
+    @property
+    def sampling_compiled(self) -> bool:
+        """Whether the CPU's compiled sampling loop for this model's dtype is ready (compiled in this
+        process or in Numba's cache); False on a backend without one."""
+        kernels = get_backend(self.head.params["weight"]).kernels
+        ready = getattr(kernels, "generate_compiled_for", None)
+        return ready is not None and ready(self.head.params["weight"].dtype)
+
+    def compile_sampling_in_background(self) -> None:
+        """Compile the CPU sampling loop for this model's dtype into Numba's cache in a detached
+        process, so that later processes (the next ``rnnfast generate``) find it ready. Does nothing
+        on a backend without one."""
+        start = getattr(get_backend(self.head.params["weight"]).kernels, "compile_generate_in_background", None)
+        if start is not None:
+            start(self.head.params["weight"].dtype)
 
     def _sample_stepwise(self, prime_ids, u, temperature, top_k, top_p, out, emit):
         """The plain path of :meth:`sample` (any device, and the CPU path's specification): one

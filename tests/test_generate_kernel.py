@@ -3,6 +3,10 @@
 The plain path is the reference cells (``kernels/cpu/reference.py``) one step at a time, the
 output layer in NumPy and ``rnnfast.models.sample_from_logits`` (the sampling specification).
 """
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -92,7 +96,7 @@ def test_charrnn_sample_compiled_equals_stepwise(cell, stream):
     prime = np.array([1, 4, 2])
     pieces = []
     got = model.sample(prime, 40, temperature=0.8, top_p=0.9, seed=5, num_samples=2,
-                       stream=pieces.append if stream else None)
+                       stream=pieces.append if stream else None, compiled=True)
     uniforms = rf.random.uniform((2, 40), 5, stream=0, dtype=np.float64)
     want = np.empty((2, len(prime) + 40), np.int32)
     want[:, :len(prime)] = prime
@@ -100,3 +104,38 @@ def test_charrnn_sample_compiled_equals_stepwise(cell, stream):
     np.testing.assert_array_equal(got, want)
     if stream:
         np.testing.assert_array_equal(np.concatenate(pieces, axis=1), want)
+
+
+_READY = """
+import numpy as np
+from rnnfast.kernels.cpu.generate import compile_now, compiled_for
+print(compiled_for(np.float32), compiled_for(np.float64))
+if {compile}:
+    compile_now(np.float32)
+    print(compiled_for(np.float32), compiled_for(np.float64))
+"""
+
+
+def test_the_sampling_loop_is_ready_once_compiled_and_cached(tmp_path):
+    """compiled_for tells an empty cache from a filled one, per dtype; CharRNN.sample and
+    'rnnfast generate' decide on it whether to compile. A fresh process with the cache filled by an
+    earlier one finds the loop ready."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    run = lambda compile: subprocess.run([sys.executable, "-c", _READY.format(compile=compile)], env=env,  # noqa: E731
+                                         capture_output=True, text=True, timeout=600)
+    first = run(True)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert first.stdout.split() == ["False", "False", "True", "False"]
+    again = run(False)
+    assert again.stdout.split() == ["True", "False"]
+
+
+def test_sample_picks_the_compiled_loop_only_when_it_is_ready_or_pays():
+    model = rf.models.CharRNN(vocab_size=V, hidden_size=H, num_layers=L, cell="gru", embedding_dim=E, seed=3)
+    kernels = rf.get_backend(model.head.params["weight"]).kernels
+    assert model._compiled_sampler(False, 10**9) is None
+    assert model._compiled_sampler(True, 1) is kernels.generate
+    assert model._compiled_sampler(None, kernels.GENERATE_COMPILE_PAYS_AT) is kernels.generate
+    assert (model._compiled_sampler(None, 1) is kernels.generate) == model.sampling_compiled
+    a = model.sample(np.array([1, 2]), 30, seed=4, compiled=False)
+    np.testing.assert_array_equal(a, model.sample(np.array([1, 2]), 30, seed=4, compiled=True))

@@ -4,6 +4,9 @@ import numpy as np
 from rnnfast.kernels.cpu.cross_entropy import cross_entropy_rows
 from rnnfast.kernels.cpu.embedding import embedding_backward
 from rnnfast.kernels.cpu.gemm import matmul
+from rnnfast.kernels.cpu.generate import COMPILE_PAYS_AT as GENERATE_COMPILE_PAYS_AT
+from rnnfast.kernels.cpu.generate import compile_in_background as compile_generate_in_background
+from rnnfast.kernels.cpu.generate import compiled_for as generate_compiled_for
 from rnnfast.kernels.cpu.generate import generate
 from rnnfast.kernels.cpu.gru import gru_backward, gru_forward
 from rnnfast.kernels.cpu.lstm import lstm_backward, lstm_forward
@@ -15,4 +18,4 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 __all__ = ["matmul", "generate", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
 __all__ += ["FLOAT_DTYPES", "cross_entropy_rows", "embedding_backward", "sgd_step", "adam_step", "square_avg_step",
-            "sum_of_squares"]
+            "sum_of_squares", "GENERATE_COMPILE_PAYS_AT", "compile_generate_in_background", "generate_compiled_for"]
