@@ -1,6 +1,6 @@
 """Helpers shared by the CPU kernels of every cell."""
 import numpy as np
-from numba import njit
+from numba import njit, typeof
 
 from rnnfast.kernels.cpu.gemm import core_address, pack_weights
 from rnnfast.kernels.cpu.threads import THREADS, run_shared
@@ -71,3 +71,19 @@ def bias_grads(grads, db_ih, db_hh=None):
         if g is not None:
             g += d
     return grads[2], grads[3]
+
+
+def is_compiled(dispatcher, args) -> bool:
+    """Whether ``dispatcher`` has code for arguments typed as ``args``, compiled in this process or
+    in Numba's cache (then loaded, as its first call would), without compiling anything."""
+    sig = tuple(typeof(a) for a in args)
+    if sig in dispatcher.overloads:
+        return True
+    try:  # what Dispatcher.compile does before compiling: load from the cache and keep what it found
+        found = dispatcher._cache.load_overload(sig, dispatcher.targetctx)
+        if found is not None:
+            dispatcher.targetctx.insert_user_function(found.entry_point, found.fndesc, [found.library])
+            dispatcher.add_overload(found)
+        return found is not None
+    except Exception:  # Numba's cache internals moved: report ready, so callers compile as before
+        return True

@@ -20,10 +20,10 @@ import subprocess
 import sys
 
 import numpy as np
-from numba import njit, typeof
+from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import copy_row
+from rnnfast.kernels.cpu.common import copy_row, is_compiled
 from rnnfast.kernels.cpu.gemm import matmul
 
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -235,17 +235,7 @@ def _tiny_args(dtype):
 def compiled_for(dtype) -> bool:
     """Whether the sampling loop for ``dtype`` is compiled in this process or in Numba's cache, so that
     the next call costs no compile."""
-    sig = tuple(typeof(a) for a in _tiny_args(np.dtype(dtype)))
-    if sig in _generate.overloads:
-        return True
-    try:  # what Dispatcher.compile does before compiling: load from the cache and keep what it found
-        found = _generate._cache.load_overload(sig, _generate.targetctx)
-        if found is not None:
-            _generate.targetctx.insert_user_function(found.entry_point, found.fndesc, [found.library])
-            _generate.add_overload(found)
-        return found is not None
-    except Exception:  # Numba's cache internals moved: behave as before, compiling on first use
-        return True
+    return is_compiled(_generate, _tiny_args(np.dtype(dtype)))
 
 
 def compile_now(dtype) -> None:

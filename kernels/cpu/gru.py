@@ -15,7 +15,7 @@ from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
-from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -158,3 +158,13 @@ def gru_backward(dy, dhT, cache, grads=None):
     dg2[:, 2 * H:] *= gates.reshape(T * B, 3 * H)[:, :H]  # dn -> dn * r
     gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
     return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))
+
+
+def backward_probe(dtype):
+    """(:func:`_backward_rows`, arguments typed as :func:`gru_backward` passes them) for T = 0: a
+    call compiles the loop without running a step, so without the GEMM it calls."""
+    a2, h = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
+    g3, n3 = np.zeros((0, 1, 3), dtype), np.zeros((0, 1, 1), dtype)
+    return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, a2, np.zeros(1, np.int64), h,
+                            g3, n3, g3, np.zeros((1, 3), dtype))
+

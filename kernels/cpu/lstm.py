@@ -16,7 +16,7 @@ from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
-from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -154,3 +154,12 @@ def lstm_backward(dy, dhT, dcT, cache, grads=None):
     gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
     gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
     return (dx, dh, dc, dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
+
+
+def backward_probe(dtype):
+    """(:func:`_backward_rows`, arguments typed as :func:`lstm_backward` passes them) for T = 0: a
+    call compiles the loop without running a step, so without the GEMM it calls."""
+    a2, a3, c = np.zeros((1, 1), dtype), np.zeros((0, 1, 4), dtype), np.zeros((1, 1, 1), dtype)
+    return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), np.zeros((0, 1, 1), dtype), a2, a2,
+                            np.zeros(1, np.int64), c, a3, a3)
+

@@ -9,7 +9,7 @@ from numba import njit
 
 from rnnfast.kernels.cpu.activations import tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
-from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial
+from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 NONLINEARITIES = {"tanh": 0, "relu": 1}
 
@@ -113,3 +113,12 @@ def rnn_backward(dy, dhT, cache, grads=None):
     gemm(dp2.T, x.reshape(T * B, I), dw_ih, accumulate)
     gemm(dp2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
     return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, dp2.sum(axis=0)))
+
+
+def backward_probe(dtype, nonlinearity="tanh"):
+    """(:func:`_backward_rows`, arguments typed as :func:`rnn_backward` passes them) for T = 0: a
+    call compiles the loop without running a step, so without the GEMM it calls."""
+    n3 = np.zeros((0, 1, 1), dtype)
+    return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, np.zeros((1, 1), dtype),
+                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), NONLINEARITIES[nonlinearity] == 1, n3)
+
