@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import importlib
 import subprocess
-import sys
 
 import numpy as np
 
-from rnnfast.kernels.cpu.common import is_compiled
-
-CELL_MODULES = {"rnn": "rnn", "lstm": "lstm", "gru": "gru"}
+from rnnfast.kernels.cpu.common import compile_in_background, is_compiled
 
 
 def _cell(cell: str):
-    return importlib.import_module(f"rnnfast.kernels.cpu.{CELL_MODULES[cell]}")
+    """The CPU kernel module of a character model's cell: "rnn" (tanh), "lstm" or "gru"."""
+    return importlib.import_module(f"rnnfast.kernels.cpu.{cell}")
 
 
 def backward_compiled(cell: str, dtype) -> bool:
@@ -61,5 +59,4 @@ def compile_backward_in_background(cell: str, dtype, optimizer: str, ids_dtype) 
     """Start :func:`compile_backward` in a detached process and return it; nothing waits for it."""
     code = (f"from rnnfast.warmup import compile_backward; compile_backward("
             f"{cell!r}, {np.dtype(dtype).name!r}, {optimizer!r}, {np.dtype(ids_dtype).name!r})")
-    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    return compile_in_background(code)

@@ -1,4 +1,7 @@
 """Helpers shared by the CPU kernels of every cell."""
+import subprocess
+import sys
+
 import numpy as np
 from numba import njit, typeof
 
@@ -87,3 +90,10 @@ def is_compiled(dispatcher, args) -> bool:
         return found is not None
     except Exception:  # Numba's cache internals moved: report ready, so callers compile as before
         return True
+
+
+def compile_in_background(code: str) -> subprocess.Popen:
+    """Run ``code`` (Python that calls kernels, compiling them into Numba's cache) in a detached
+    process of this interpreter and return it; nothing has to wait for it."""
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)

@@ -16,14 +16,11 @@ BLAS call: at the small batches of generation a hand-written matrix-vector produ
 a call into the BLAS, and layer 0's input projection is a row lookup in ``embedding @ w_ih^T``,
 computed once per call.
 """
-import subprocess
-import sys
-
 import numpy as np
 from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import copy_row, is_compiled
+from rnnfast.kernels.cpu.common import compile_in_background, copy_row, is_compiled
 from rnnfast.kernels.cpu.gemm import matmul
 
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -246,6 +243,4 @@ def compile_now(dtype) -> None:
 def compile_in_background(dtype) -> None:
     """Compile the sampling loop for ``dtype`` into Numba's cache in a detached process, for the
     processes that come after this one; nothing waits for it."""
-    code = f"from rnnfast.kernels.cpu.generate import compile_now; compile_now({np.dtype(dtype).name!r})"
-    subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                     stderr=subprocess.DEVNULL, start_new_session=True)
+    compile_in_background(f"from rnnfast.kernels.cpu.generate import compile_now; compile_now({np.dtype(dtype).name!r})")
