@@ -20,7 +20,7 @@ import subprocess
 
 import numpy as np
 
-from rnnfast.kernels.cpu.common import compile_in_background, is_compiled
+from rnnfast.kernels.cpu.common import compile_detached, is_compiled
 
 
 def _cell(cell: str):
@@ -59,4 +59,4 @@ def compile_backward_in_background(cell: str, dtype, optimizer: str, ids_dtype) 
     """Start :func:`compile_backward` in a detached process and return it; nothing waits for it."""
     code = (f"from rnnfast.warmup import compile_backward; compile_backward("
             f"{cell!r}, {np.dtype(dtype).name!r}, {optimizer!r}, {np.dtype(ids_dtype).name!r})")
-    return compile_in_background(code)
+    return compile_detached(code)

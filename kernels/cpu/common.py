@@ -92,7 +92,7 @@ def is_compiled(dispatcher, args) -> bool:
         return True
 
 
-def compile_in_background(code: str) -> subprocess.Popen:
+def compile_detached(code: str) -> subprocess.Popen:
     """Run ``code`` (Python that calls kernels, compiling them into Numba's cache) in a detached
     process of this interpreter and return it; nothing has to wait for it."""
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import compile_in_background, copy_row, is_compiled
+from rnnfast.kernels.cpu.common import compile_detached, copy_row, is_compiled
 from rnnfast.kernels.cpu.gemm import matmul
 
 CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
@@ -243,4 +243,4 @@ def compile_now(dtype) -> None:
 def compile_in_background(dtype) -> None:
     """Compile the sampling loop for ``dtype`` into Numba's cache in a detached process, for the
     processes that come after this one; nothing waits for it."""
-    compile_in_background(f"from rnnfast.kernels.cpu.generate import compile_now; compile_now({np.dtype(dtype).name!r})")
+    compile_detached(f"from rnnfast.kernels.cpu.generate import compile_now; compile_now({np.dtype(dtype).name!r})")
