@@ -33,6 +33,7 @@ import numpy as np
 
 import rnnfast as rf
 from rnnfast.bench.scenarios import Scenario, select
+from rnnfast.kernels.cells import cell_named
 from rnnfast.kernels.cpu.gemm import gemm
 
 try:
@@ -47,7 +48,6 @@ MIN_SAMPLE_S = 0.02
 # (measured here: PyTorch's LSTM step 86 ms right after rnnfast's, 28 ms after a 0.1 s pause).
 SETTLE_S = 0.15
 QUICK_REPEATS, FULL_REPEATS = 5, 9
-GATES = {"lstm": 4, "gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 # -- machine ------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def rel_err(ours, ref) -> float:
 
 # -- recurrent layers ---------------------------------------------------------------------------
 def _layer_flops(s: Scenario) -> float:
-    G, D = GATES[s.cell], s.directions
+    G, D = cell_named(s.cell).num_gates, s.directions
     total = 0.0
     for layer in range(s.layers):
         in_size = s.I if layer == 0 else D * s.H

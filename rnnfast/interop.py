@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from rnnfast.backend import to_numpy
+from rnnfast.kernels.cells import cell_named
 
-_NUM_GATES = {"rnn": 1, "rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
 # Keras's GRU gate block k is PyTorch's block _GRU_KERAS_ORDER[k] (z, r, h <- r, z, n). Swapping the
 # first two is its own inverse, so the same order converts both ways.
 _GRU_KERAS_ORDER = (1, 0, 2)
@@ -57,10 +57,7 @@ def to_torch_state_dict(params, as_tensors: bool = False) -> dict:
 
 
 def _gates(cell: str) -> int:
-    try:
-        return _NUM_GATES[cell.lower()]
-    except KeyError:
-        raise ValueError(f"unknown cell {cell!r}; use one of {', '.join(_NUM_GATES)}") from None
+    return cell_named(cell).num_gates
 
 
 def _suffix(layer: int, direction: str) -> str:

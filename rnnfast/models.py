@@ -352,10 +352,10 @@ class CharRNN(_Model):
         :func:`rnnfast.kernels.cpu.generate.generate`: same rule and uniforms as the step loop), one
         call per ``chunk`` ids so a stream still sees text as it comes. Fills out[:, P:], emitting each chunk."""
         rnn = self.rnn
-        cell = f"rnn_{rnn.nonlinearity}" if rnn.cell == "rnn" else rnn.cell
-        weights = [rnn._weights(layer, "", np) for layer in range(rnn.num_layers)]
+        cell = rnn.spec.name
+        weights = [rnn.direction_weights(layer) for layer in range(rnn.num_layers)]
         num_samples, P = out.shape[0], prime_ids.size
-        state = rnn._check_state(None, num_samples, np)
+        state = rnn.zero_state(num_samples)
         feed = np.repeat(prime_ids[None, :], num_samples, axis=0)
         for start in range(0, u.shape[1], max(chunk, 1)):
             ids, state = generate(cell, weights, self.embed.params["weight"], self.head.params["weight"],

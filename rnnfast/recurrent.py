@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnnfast.backend import get_backend, to_numpy
+from rnnfast.kernels.cells import cell_named
 from rnnfast.module import Module
 from rnnfast.random import dropout_mask
 
@@ -59,11 +60,10 @@ def _reverse(a, index, xp):
 
 
 class _Recurrent(Module):
-    """Shared machinery of RNN, LSTM and GRU: parameters, validation, layers and directions."""
+    """Shared machinery of RNN, LSTM and GRU: parameters, validation, layers and directions.
+    What differs between the cells is read from their entry in the cell table (``self.spec``)."""
 
-    gates = 1
-    cell = "rnn"
-    has_cell_state = False
+    cell = "rnn"  # the kind: "rnn", "lstm" or "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity="tanh"):
@@ -78,6 +78,7 @@ class _Recurrent(Module):
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.nonlinearity = bool(bidirectional), nonlinearity
+        self.spec = cell_named(self.cell, nonlinearity)
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(seed)
@@ -95,20 +96,33 @@ class _Recurrent(Module):
         self._cache = None
 
     @property
+    def gates(self) -> int:
+        return self.spec.num_gates
+
+    @property
+    def has_cell_state(self) -> bool:
+        return self.spec.has_cell_state
+
+    @property
     def _suffixes(self):
         return ("", "_reverse")[: self.num_directions]
 
     # -- validation -----------------------------------------------------------------------------
     def _check_input(self, x, xp):
-        if not hasattr(x, "ndim") or x.ndim != 3:
+        if not isinstance(x, xp.ndarray):
+            raise TypeError(f"x is a {type(x).__module__}.{type(x).__name__}; pass a NumPy array (a torch tensor: "
+                            f"x.numpy()) or, on the GPU, a CuPy array")
+        if x.ndim != 3:
             layout = "(B, T, input_size)" if self.batch_first else "(T, B, input_size)"
             shape = getattr(x, "shape", type(x).__name__)
             raise ValueError(f"x must be a 3-D array {layout}, got shape {shape}")
         if x.shape[-1] != self.input_size:
             raise _shape_error("x", x.shape, f"last dimension input_size={self.input_size}")
         if x.dtype != self.dtype:
+            other = (f" or build the layer with dtype={x.dtype.name}" if x.dtype.type in _DTYPES
+                     else "; the layers run float32 or float64")
             raise TypeError(f"x has dtype {x.dtype} but the layer's parameters are {self.dtype}; "
-                            f"pass x.astype({self.dtype.name}) or build the layer with dtype={x.dtype.name}")
+                            f"pass x.astype(np.{self.dtype.name}){other}")
         if 0 in x.shape:
             raise _shape_error("x", x.shape, "at least one time step and one sequence")
         if not bool(xp.isfinite(x).all()):
@@ -150,33 +164,20 @@ class _Recurrent(Module):
         return host.astype(np.int64)
 
     # -- kernels --------------------------------------------------------------------------------
-    def _weights(self, layer, suffix, xp):
-        p = self._params
+    def direction_weights(self, layer: int, direction: int = 0, xp=np):
+        """(w_ih, w_hh, b_ih, b_hh) of one layer and direction, as the kernels take them; zeros for
+        the biases of a layer built with ``bias=False``."""
+        p, suffix = self._params, self._suffixes[direction]
         w_ih, w_hh = p[f"weight_ih_l{layer}{suffix}"], p[f"weight_hh_l{layer}{suffix}"]
         if self.bias:
             return w_ih, w_hh, p[f"bias_ih_l{layer}{suffix}"], p[f"bias_hh_l{layer}{suffix}"]
         zeros = xp.zeros(self.gates * self.hidden_size, self.dtype)
         return w_ih, w_hh, zeros, zeros
 
-    def _run_forward(self, kernels, x, state, weights, lengths):
-        """One layer, one direction. state: tuple of (B, H). Returns y, final state tuple, cache."""
-        if self.cell == "lstm":
-            y, hT, cT, cache = kernels.lstm_forward(x, *state, *weights, lengths)
-            return y, (hT, cT), cache
-        if self.cell == "gru":
-            y, hT, cache = kernels.gru_forward(x, *state, *weights, lengths)
-        else:
-            y, hT, cache = kernels.rnn_forward(x, *state, *weights, lengths, self.nonlinearity)
-        return y, (hT,), cache
-
-    def _run_backward(self, kernels, dy, dstate, cache, grads):
-        """Returns dx and the dstate0 tuple; adds the weight gradients into ``grads``."""
-        if self.cell == "lstm":
-            dx, dh0, dc0, *_ = kernels.lstm_backward(dy, *dstate, cache, grads=grads)
-            return dx, (dh0, dc0)
-        backward = kernels.gru_backward if self.cell == "gru" else kernels.rnn_backward
-        dx, dh0, *_ = backward(dy, *dstate, cache, grads=grads)
-        return dx, (dh0,)
+    def zero_state(self, batch_size: int, xp=np) -> tuple:
+        """The initial state as the kernels take it: a tuple of (D*L, B, H) zero arrays, one per
+        state part of the cell (h, and c for the LSTM)."""
+        return self._check_state(None, batch_size, xp)
 
     # -- forward / backward -------------------------------------------------------------------
     def forward(self, x, state=None, lengths=None):
@@ -193,6 +194,7 @@ class _Recurrent(Module):
         host_lengths = self._check_lengths(lengths, T, B)
         lengths_dev = None if host_lengths is None else xp.asarray(host_lengths)
         rev = None if host_lengths is None else _reverse_index(lengths_dev, T, B, xp)
+        forward = be.kernels.KERNELS[self.spec.name][0]
         caches, masks, finals = [], [], [[] for _ in state]
         layer_in = xp.ascontiguousarray(x)
         for layer in range(self.num_layers):
@@ -207,8 +209,8 @@ class _Recurrent(Module):
             for d, suffix in enumerate(self._suffixes):
                 idx = layer * self.num_directions + d
                 inp = layer_in if d == 0 else xp.ascontiguousarray(_reverse(layer_in, rev, xp))
-                y_d, final, cache = self._run_forward(be.kernels, inp, tuple(s[idx] for s in state),
-                                                      self._weights(layer, suffix, xp), lengths_dev)
+                y_d, final, cache = forward(inp, tuple(s[idx] for s in state), self.direction_weights(layer, d, xp),
+                                            lengths_dev)
                 outs.append(y_d if d == 0 else _reverse(y_d, rev, xp))
                 caches.append(cache)
                 for acc, f in zip(finals, final):
@@ -241,6 +243,7 @@ class _Recurrent(Module):
         else:
             dstate = self._check_state(dstate, B, xp, ("dhT", "dcT"))
         dstate0 = [xp.zeros((self.num_layers * D, B, H), self.dtype) for _ in range(n_parts)]
+        backward = be.kernels.KERNELS[self.spec.name][1]
         dy = dy.astype(self.dtype, copy=False)
         for layer in reversed(range(self.num_layers)):
             dx_layer = None
@@ -252,7 +255,7 @@ class _Recurrent(Module):
                 dfinal = tuple(None if s is None else s[idx] for s in dstate)
                 grads = tuple(self._grads.get(f"{name}_l{layer}{suffix}")
                               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                dx_d, dinit = self._run_backward(be.kernels, xp.ascontiguousarray(dy_d), dfinal, caches[idx], grads)
+                dx_d, dinit, _ = backward(xp.ascontiguousarray(dy_d), dfinal, caches[idx], grads)
                 if d == 1:
                     dx_d = _reverse(dx_d, rev, xp)
                 dx_layer = dx_d if dx_layer is None else dx_layer + dx_d
@@ -280,13 +283,13 @@ class _Recurrent(Module):
 class RNN(_Recurrent):
     """Elman RNN: ``h' = act(W_ih x + b_ih + W_hh h + b_hh)``, act ``tanh`` or ``relu``."""
 
-    gates, cell = 1, "rnn"
+    cell = "rnn"
 
 
 class LSTM(_Recurrent):
     """LSTM, gate order i, f, g, o: ``c' = f*c + i*g``, ``h' = o*tanh(c')``. State is ``(h, c)``."""
 
-    gates, cell, has_cell_state = 4, "lstm", True
+    cell = "lstm"
 
     def __init__(self, *args, **kwargs):
         if "nonlinearity" in kwargs:
@@ -297,7 +300,7 @@ class LSTM(_Recurrent):
 class GRU(_Recurrent):
     """GRU, gate order r, z, n: ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``."""
 
-    gates, cell = 3, "gru"
+    cell = "gru"
 
     def __init__(self, *args, **kwargs):
         if "nonlinearity" in kwargs:

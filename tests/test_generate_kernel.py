@@ -12,7 +12,8 @@ import pytest
 
 import rnnfast as rf
 from rnnfast.kernels.cpu import reference
-from rnnfast.kernels.cpu.generate import GATES, generate
+from rnnfast.kernels.cells import cell_named
+from rnnfast.kernels.cpu.generate import generate
 from rnnfast.models import sample_from_logits
 
 V, E, H, L, B, P, N = 11, 6, 8, 2, 3, 4, 40
@@ -22,7 +23,7 @@ SETTINGS = [dict(temperature=1.0), dict(temperature=0.7, top_k=4), dict(temperat
 
 def _model(cell, dtype, seed=0):
     rng = np.random.default_rng(seed)
-    G = GATES[cell]
+    G = cell_named(cell).num_gates
     weights = [tuple(rng.uniform(-0.6, 0.6, shape).astype(dtype)
                      for shape in ((G * H, E if layer == 0 else H), (G * H, H), (G * H,), (G * H,)))
                for layer in range(L)]

@@ -1,4 +1,6 @@
-"""CPU kernels (Numba @njit), one module per cell, the kernel contract of DESIGN.md."""
+"""CPU kernels (Numba @njit), one module per cell, the kernel contract of kernels/README.md."""
+from functools import partial
+
 import numpy as np
 
 from rnnfast.kernels.cpu.cross_entropy import cross_entropy_rows
@@ -13,9 +15,17 @@ from rnnfast.kernels.cpu.lstm import lstm_backward, lstm_forward
 from rnnfast.kernels.cpu.optim import adam_step, sgd_step, square_avg_step, sum_of_squares
 from rnnfast.kernels.cpu.rnn import rnn_backward, rnn_forward
 
+# cell name (kernels/cells.py) -> (forward, backward), as the contract has them
+KERNELS = {
+    "rnn_tanh": (rnn_forward, rnn_backward),
+    "rnn_relu": (partial(rnn_forward, relu=True), rnn_backward),
+    "lstm": (lstm_forward, lstm_backward),
+    "gru": (gru_forward, gru_backward),
+}
+
 # dtypes the compiled optimizer, loss and embedding passes take; the library runs its array formulas for others
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
-__all__ = ["matmul", "generate", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
+__all__ = ["KERNELS", "matmul", "generate", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
 __all__ += ["FLOAT_DTYPES", "cross_entropy_rows", "embedding_backward", "sgd_step", "adam_step", "square_avg_step",
             "sum_of_squares", "GENERATE_COMPILE_PAYS_AT", "compile_generate_in_background", "generate_compiled_for"]

@@ -19,12 +19,13 @@ computed once per call.
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cpu.activations import sigmoid, tanh
+from rnnfast.kernels.cells import KINDS, cell_named
+from rnnfast.kernels.cpu import gru, lstm, rnn
 from rnnfast.kernels.cpu.common import compile_detached, copy_row, is_compiled
 from rnnfast.kernels.cpu.gemm import matmul
 
-CELLS = {"rnn_tanh": 0, "rnn_relu": 1, "lstm": 2, "gru": 3}
-GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+# the loop takes the cell as its kind's index in the cell table's KINDS (an int compiles once)
+RNN, LSTM, GRU = (KINDS.index(kind) for kind in ("rnn", "lstm", "gru"))
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -39,32 +40,20 @@ def _matvec_add(w, v, bias, out):
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _cell_update(cell, xg, hg, h, c):
-    """One cell step in place. xg: (G*H,) input part with b_ih (and b_hh except GRU's);
-    hg: (G*H,) recurrent part (GRU: with b_hh); h, c: (H,) (c unused but by the LSTM)."""
-    H = h.shape[0]
-    if cell == 2:
-        i_idx, f_idx, g_idx, o_idx = 0, H, 2 * H, 3 * H
-        for j in range(H):
-            i = sigmoid(xg[i_idx + j] + hg[i_idx + j])
-            f = sigmoid(xg[f_idx + j] + hg[f_idx + j])
-            g = tanh(xg[g_idx + j] + hg[g_idx + j])
-            o = sigmoid(xg[o_idx + j] + hg[o_idx + j])
-            c[j] = f * c[j] + i * g
-            h[j] = o * tanh(c[j])
-    elif cell == 3:
-        r_idx, z_idx, n_idx = 0, H, 2 * H
-        for j in range(H):
-            r = sigmoid(xg[r_idx + j] + hg[r_idx + j])
-            z = sigmoid(xg[z_idx + j] + hg[z_idx + j])
-            n = tanh(xg[n_idx + j] + r * hg[n_idx + j])
-            h[j] = (1 - z) * n + z * h[j]
-    elif cell == 1:
-        for j in range(H):
-            h[j] = max(xg[j] + hg[j], 0)
+def _cell_update(kind, relu, xg, hg, h, c, zeros, hn):
+    """One cell step in place, through the training kernels' own ``forward_point``. xg: (G*H,) input
+    part with b_ih (and b_hh but for the GRU's); hg: (G*H,) recurrent part (the GRU's with b_hh);
+    h, c: (H,) (c read only by the LSTM); zeros: (G*H,) zeros, the biases already added; hn: (H,)
+    scratch for the GRU's W_hn h + b_hn."""
+    if kind == GRU:
+        gru.forward_point(xg, hg, zeros, hn, h, h, zeros[0] + 1)
+        return
+    for j in range(xg.shape[0]):
+        xg[j] += hg[j]
+    if kind == LSTM:
+        lstm.forward_point(xg, zeros, c, c, h)
     else:
-        for j in range(H):
-            h[j] = tanh(xg[j] + hg[j])
+        rnn.forward_point(xg, zeros, h, relu, zeros[0])
 
 
 @njit(cache=True, inline="always")
@@ -140,7 +129,7 @@ def _sample(logits, u, temperature, top_k, top_p, keep, e, order):
 
 
 @njit(cache=True)
-def _generate(cell, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms,
+def _generate(kind, relu, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms,
               temperature, top_k, top_p, ids):
     """emb_proj: (V, G*H) = embedding @ w_ih0^T + b_ih0 (+ b_hh0 unless GRU); w_ih: (L-1, G*H, H);
     w_hh: (L, G*H, H); b_ih: (L, G*H) (layers above 0 use it); b_hh: (L, G*H) (0 where already in
@@ -153,6 +142,8 @@ def _generate(cell, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime,
     GH = w_hh.shape[1]
     xg = np.empty(GH, dtype=h.dtype)
     hg = np.empty(GH, dtype=h.dtype)
+    zeros = np.zeros(GH, dtype=h.dtype)
+    hn = np.empty(H, dtype=h.dtype)
     logits = np.empty(V, dtype=np.float64)
     logits32 = np.empty(V, dtype=h.dtype)
     keep = np.empty(V, dtype=np.bool_)
@@ -167,7 +158,7 @@ def _generate(cell, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime,
                 else:
                     _matvec_add(w_ih[layer - 1], h[layer - 1, b], b_ih[layer], xg)
                 _matvec_add(w_hh[layer], h[layer, b], b_hh[layer], hg)
-                _cell_update(cell, xg, hg, h[layer, b], c[layer, b])
+                _cell_update(kind, relu, xg, hg, h[layer, b], c[layer, b], zeros, hn)
             if step + 1 < P:
                 token = prime[b, step + 1]
                 continue
@@ -191,26 +182,26 @@ def generate(cell, weights, embedding, w_out, b_out, state, prime, uniforms, tem
 
     Returns ids: (B, N) int64 and the final state (same form as ``state``).
     """
-    code = CELLS[cell]
+    spec = cell_named(cell)
     dtype = embedding.dtype
     w_ih0, _, b_ih0, b_hh0 = weights[0]
     GH, H = weights[0][1].shape
     # Folding b_hh into the input side is exact for all but the GRU, where b_hn sits inside r * (.)
-    fold = cell != "gru"
+    fold = spec.kind != "gru"
     emb_proj = (matmul(embedding, w_ih0.T) + b_ih0 + (b_hh0 if fold else 0)).astype(dtype)
     w_ih = np.stack([w[0] for w in weights[1:]]).astype(dtype) if len(weights) > 1 else np.zeros((0, GH, H), dtype)
     w_hh = np.stack([w[1] for w in weights]).astype(dtype)
     b_ih = np.stack([w[2] + (w[3] if fold else 0) for w in weights]).astype(dtype)
     b_hh = np.stack([np.zeros_like(w[3]) if fold else w[3] for w in weights]).astype(dtype)
     h = np.array(state[0], dtype=dtype)
-    c = np.array(state[1], dtype=dtype) if cell == "lstm" else np.zeros_like(h)  # unread but by the LSTM
+    c = np.array(state[1], dtype=dtype) if spec.has_cell_state else np.zeros_like(h)  # unread but by the LSTM
     prime = np.ascontiguousarray(prime, dtype=np.int64)
     uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
     ids = np.empty(uniforms.shape, dtype=np.int64)
     w_out, b_out = np.ascontiguousarray(w_out, dtype), np.ascontiguousarray(b_out, dtype)
-    _generate(code, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms, float(temperature),
+    _generate(KINDS.index(spec.kind), spec.activation == "relu", emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms, float(temperature),
               0 if top_k is None else int(top_k), 1.0 if top_p is None else float(top_p), ids)
-    return ids, ((h, c) if cell == "lstm" else (h,))
+    return ids, ((h, c) if spec.has_cell_state else (h,))
 
 
 # -- compiling the loop only when it pays -----------------------------------------------------------
@@ -224,7 +215,7 @@ def _tiny_args(dtype):
     """Arguments typed as every call of generate() passes them to _generate (the one specialisation
     per dtype), for a loop that draws nothing: one layer, one unit, one prime id, no uniforms."""
     one = np.zeros((1, 1), dtype)
-    return (CELLS["rnn_tanh"], one, np.zeros((0, 1, 1), dtype), np.zeros((1, 1, 1), dtype), one, one, one,
+    return (RNN, False, one, np.zeros((0, 1, 1), dtype), np.zeros((1, 1, 1), dtype), one, one, one,
             np.zeros(1, dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64),
             np.zeros((1, 0)), 1.0, 0, 1.0, np.zeros((1, 0), np.int64))
 

@@ -19,27 +19,34 @@ from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one, zero):
-    # Gate views and short loops indexed from 0, so LLVM vectorises them (see lstm._forward_step).
-    B, H = h_prev.shape
+def forward_point(g_row, hw_row, b_hh, hn_row, h_prev_row, h_row, one):
+    """One sequence, one step, the cell's equations: g_row (3H) holds W_ih x + b_ih on entry and the
+    gates r, z, n on exit; hw_row: (3H,) W_hh h; b_hh: (3H,); writes hn_row = W_hn h + b_hn and
+    h_row (H,), which may be h_prev_row. Training and the generation loop both step through it.
+    Gate views and short loops indexed from 0, so LLVM vectorises them (see lstm.forward_point)."""
+    H = h_row.shape[0]
     bh_r, bh_z, bh_n = b_hh[:H], b_hh[H:2 * H], b_hh[2 * H:]
+    g_r, g_z, g_n = g_row[:H], g_row[H:2 * H], g_row[2 * H:]
+    hw_r, hw_z, hw_n = hw_row[:H], hw_row[H:2 * H], hw_row[2 * H:]
+    for j in range(H):
+        g_r[j] = sigmoid(g_r[j] + hw_r[j] + bh_r[j])
+    for j in range(H):
+        g_z[j] = sigmoid(g_z[j] + hw_z[j] + bh_z[j])
+    for j in range(H):
+        hn_row[j] = hw_n[j] + bh_n[j]
+    for j in range(H):
+        g_n[j] = tanh(g_n[j] + g_r[j] * hn_row[j])
+    for j in range(H):
+        h_row[j] = (one - g_z[j]) * g_n[j] + g_z[j] * h_prev_row[j]
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one, zero):
+    B = h_prev.shape[0]
     for b in range(B):
         if t < lengths[b]:
-            g_row, hw_row = gates_t[b], hw[b]
-            g_r, g_z, g_n = g_row[:H], g_row[H:2 * H], g_row[2 * H:]
-            hw_r, hw_z, hw_n = hw_row[:H], hw_row[H:2 * H], hw_row[2 * H:]
-            hn_row, h_row, h_prev_row = hn_t[b], h_next[b], h_prev[b]
-            for j in range(H):
-                g_r[j] = sigmoid(g_r[j] + hw_r[j] + bh_r[j])
-            for j in range(H):
-                g_z[j] = sigmoid(g_z[j] + hw_z[j] + bh_z[j])
-            for j in range(H):
-                hn_row[j] = hw_n[j] + bh_n[j]
-            for j in range(H):
-                g_n[j] = tanh(g_n[j] + g_r[j] * hn_row[j])
-            for j in range(H):
-                h_row[j] = (one - g_z[j]) * g_n[j] + g_z[j] * h_prev_row[j]
-            copy_row(y_t[b], h_row)
+            forward_point(gates_t[b], hw[b], b_hh, hn_t[b], h_prev[b], h_next[b], one)
+            copy_row(y_t[b], h_next[b])
         else:
             copy_row(h_next[b], h_prev[b])
             y_t[b] = zero
@@ -60,12 +67,14 @@ def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
                       t, lengths[b0:b1], one, zero)
 
 
-def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
-    """One GRU layer, one direction, over a whole sequence.
+def gru_forward(x, state, weights, lengths=None):
+    """One GRU layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
-    x: (T, B, I); h0: (B, H); w_ih: (3H, I); w_hh: (3H, H); b_ih, b_hh: (3H,);
-    lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), hT: (B, H) and the cache.
+    x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (3H, I), w_hh (3H, H), b_ih (3H,),
+    b_hh (3H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state (hT,)
+    and the cache.
     """
+    (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
     h0, w_ih, w_hh, b_ih, b_hh = contiguous(h0, w_ih, w_hh, b_ih, b_hh)
     T, B, I = x.shape
@@ -81,7 +90,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     hw = np.empty((B, 3 * H), dtype=x.dtype)
     run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw)
     cache = (x, w_ih, w_hh, lengths, h, gates, hn)
-    return y, h[T].copy(), cache
+    return y, (h[T].copy(),), cache
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -133,13 +142,14 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, 
         gemm_packed_serial(dgates_h[b0:b1], w_hh_p, dh[b0:b1], True, core)  # zero where a row has ended
 
 
-def gru_backward(dy, dhT, cache, grads=None):
+def gru_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`gru_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih, db_hh) to add into
-    (db_* may be None). Returns dx: (T, B, I), dh0: (B, H), dw_ih: (3H, I), dw_hh: (3H, H),
-    db_ih, db_hh: (3H,) (with ``grads``: those arrays, added into).
+    dy: (T, B, H); dstate: (dhT,) with dhT (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
+    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (3H, I),
+    dw_hh (3H, H), db_ih, db_hh (3H,)) (with ``grads``: those arrays, added into).
     """
+    (dhT,) = dstate
     x, w_ih, w_hh, lengths, h, gates, hn = cache
     T, B, I = x.shape
     H = h.shape[2]
@@ -157,7 +167,7 @@ def gru_backward(dy, dhT, cache, grads=None):
     db_ih = dg2.sum(axis=0)
     dg2[:, 2 * H:] *= gates.reshape(T * B, 3 * H)[:, :H]  # dn -> dn * r
     gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
-    return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))
+    return dx, (dh,), (dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))
 
 
 def backward_probe(dtype):

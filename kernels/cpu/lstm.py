@@ -20,31 +20,39 @@ from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths, zero):
-    # Each gate is its own 1-D view and each loop touches few arrays, all indexed from 0: LLVM
-    # vectorises a loop only when it can rule out negative indices and overlapping arrays with
-    # few runtime checks. Written with offsets into the row (g_row[2 * H + j]) the same loops
-    # stayed scalar: 4.7 ns per unit at B=32, H=512 against 1.0 ns like this.
-    B, H = c_prev.shape
+def forward_point(g_row, bias, c_prev_row, c_row, h_row):
+    """One sequence, one step, the cell's equations: g_row (4H) holds W_ih x + W_hh h on entry and
+    the gates i, f, g, o on exit; bias: (4H,) b_ih + b_hh; writes c_row and h_row (H,). c_row may
+    be c_prev_row. Training and the generation loop both step through this function.
+
+    Each gate is its own 1-D view and each loop touches few arrays, all indexed from 0: LLVM
+    vectorises a loop only when it can rule out negative indices and overlapping arrays with
+    few runtime checks. Written with offsets into the row (g_row[2 * H + j]) the same loops
+    stayed scalar: 4.7 ns per unit at B=32, H=512 against 1.0 ns like this."""
+    H = h_row.shape[0]
     b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
+    g_i, g_f, g_g, g_o = g_row[:H], g_row[H:2 * H], g_row[2 * H:3 * H], g_row[3 * H:]
+    for j in range(H):
+        g_i[j] = sigmoid(g_i[j] + b_i[j])
+    for j in range(H):
+        g_f[j] = sigmoid(g_f[j] + b_f[j])
+    for j in range(H):
+        g_g[j] = tanh(g_g[j] + b_g[j])
+    for j in range(H):
+        g_o[j] = sigmoid(g_o[j] + b_o[j])
+    for j in range(H):
+        c_row[j] = g_f[j] * c_prev_row[j] + g_i[j] * g_g[j]
+    for j in range(H):
+        h_row[j] = g_o[j] * tanh(c_row[j])
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths, zero):
+    B = c_prev.shape[0]
     for b in range(B):
         if t < lengths[b]:
-            g_row = gates_t[b]
-            g_i, g_f, g_g, g_o = g_row[:H], g_row[H:2 * H], g_row[2 * H:3 * H], g_row[3 * H:]
-            for j in range(H):
-                g_i[j] = sigmoid(g_i[j] + b_i[j])
-            for j in range(H):
-                g_f[j] = sigmoid(g_f[j] + b_f[j])
-            for j in range(H):
-                g_g[j] = tanh(g_g[j] + b_g[j])
-            for j in range(H):
-                g_o[j] = sigmoid(g_o[j] + b_o[j])
-            c_row, c_prev_row, h_row = c_next[b], c_prev[b], h_next[b]
-            for j in range(H):
-                c_row[j] = g_f[j] * c_prev_row[j] + g_i[j] * g_g[j]
-            for j in range(H):
-                h_row[j] = g_o[j] * tanh(c_row[j])
-            copy_row(y_t[b], h_row)
+            forward_point(gates_t[b], bias, c_prev[b], c_next[b], h_next[b])
+            copy_row(y_t[b], h_next[b])
         else:
             copy_row(c_next[b], c_prev[b])
             copy_row(h_next[b], h_prev[b])
@@ -63,12 +71,14 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates):
                       y[t, b0:b1], t, lengths[b0:b1], zero)
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
-    """One LSTM layer, one direction, over a whole sequence.
+def lstm_forward(x, state, weights, lengths=None):
+    """One LSTM layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
-    x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H); b_ih, b_hh: (4H,);
-    lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), hT, cT: (B, H) and the cache.
+    x: (T, B, I); state: (h0, c0), each (B, H); weights: (w_ih (4H, I), w_hh (4H, H), b_ih (4H,),
+    b_hh (4H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state
+    (hT, cT) and the cache.
     """
+    (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
     h0, c0, w_ih, w_hh = contiguous(h0, c0, w_ih, w_hh)
     T, B, I = x.shape
@@ -82,7 +92,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
     c[0] = c0
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates)
     cache = (x, w_ih, w_hh, lengths, h, c, gates)
-    return y, h[T].copy(), c[T].copy(), cache
+    return y, (h[T].copy(), c[T].copy()), cache
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -131,13 +141,14 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
         gemm_packed_serial(dgates[t, b0:b1], w_hh_p, dh[b0:b1], True, core)  # rows past a length add zeros
 
 
-def lstm_backward(dy, dhT, dcT, cache, grads=None):
+def lstm_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`lstm_forward`.
 
-    dy: (T, B, H); dhT, dcT: (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih, db_hh) to add
-    into (db_* may be None). Returns dx: (T, B, I), dh0, dc0: (B, H), dw_ih: (4H, I),
-    dw_hh: (4H, H), db_ih, db_hh: (4H,) (with ``grads``: those arrays, added into).
+    dy: (T, B, H); dstate: (dhT, dcT), each (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
+    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0, dc0) and (dw_ih (4H, I),
+    dw_hh (4H, H), db_ih, db_hh (4H,)) (with ``grads``: those arrays, added into).
     """
+    dhT, dcT = dstate
     x, w_ih, w_hh, lengths, h, c, gates = cache
     T, B, I = x.shape
     H = h.shape[2]
@@ -153,7 +164,7 @@ def lstm_backward(dy, dhT, dcT, cache, grads=None):
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)
     gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
     gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
-    return (dx, dh, dc, dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
+    return dx, (dh, dc), (dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
 
 
 def backward_probe(dtype):

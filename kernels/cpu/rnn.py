@@ -11,20 +11,25 @@ from rnnfast.kernels.cpu.activations import tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
-NONLINEARITIES = {"tanh": 0, "relu": 1}
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def forward_point(pre_row, bias, h_row, relu, zero):
+    """One sequence, one step, the cell's equation: h_row (H,) = act(pre_row + bias), pre_row holding
+    W_ih x + W_hh h (it may be h_row itself); act is relu or tanh. Training and the generation loop
+    both step through this function."""
+    for j in range(h_row.shape[0]):
+        a = pre_row[j] + bias[j]
+        h_row[j] = max(a, zero) if relu else tanh(a)
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
 def _forward_step(bias, h_prev, h_next, y_t, t, lengths, relu, zero):
     """h_next: (B, H) holds W_ih x + W_hh h on entry and the new state on exit."""
-    B, H = h_prev.shape
+    B = h_prev.shape[0]
     for b in range(B):
-        h_row, y_row = h_next[b], y_t[b]
         if t < lengths[b]:
-            for j in range(H):
-                a = h_row[j] + bias[j]
-                h_row[j] = max(a, zero) if relu else tanh(a)
-            copy_row(y_t[b], h_row)
+            forward_point(h_next[b], bias, h_next[b], relu, zero)
+            copy_row(y_t[b], h_next[b])
         else:
             copy_row(h_next[b], h_prev[b])
             y_t[b] = zero
@@ -41,15 +46,17 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, relu, y, h):
         _forward_step(bias, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1], t, lengths[b0:b1], relu, zero)
 
 
-def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"):
-    """One RNN layer, one direction, over a whole sequence.
+def rnn_forward(x, state, weights, lengths=None, relu=False):
+    """One RNN layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
-    x: (T, B, I); h0: (B, H); w_ih: (H, I); w_hh: (H, H); b_ih, b_hh: (H,);
-    lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), hT: (B, H) and the cache.
+    x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (H, I), w_hh (H, H), b_ih (H,),
+    b_hh (H,)); lengths: (B,) ints in 1..T or None; relu: the ``rnn_relu`` cell, else ``rnn_tanh``.
+    Returns y: (T, B, H), the final state (hT,) and the cache.
     """
+    (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
     h0, w_ih, w_hh = contiguous(h0, w_ih, w_hh)
-    relu = NONLINEARITIES[nonlinearity] == 1
+    relu = bool(relu)
     T, B, I = x.shape
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
@@ -58,7 +65,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"
     h[0] = h0
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, relu, y, h)
     cache = (x, w_ih, w_hh, lengths, h, relu)
-    return y, h[T].copy(), cache
+    return y, (h[T].copy(),), cache
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
@@ -91,13 +98,14 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, relu, dpre):
         gemm_packed_serial(dpre[t, b0:b1], w_hh_p, dh[b0:b1], True, core)  # rows past a length add zeros
 
 
-def rnn_backward(dy, dhT, cache, grads=None):
+def rnn_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`rnn_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih, db_hh) to add into
-    (db_* may be None). Returns dx: (T, B, I), dh0: (B, H), dw_ih: (H, I), dw_hh: (H, H),
-    db_ih, db_hh: (H,) (with ``grads``: those arrays, added into).
+    dy: (T, B, H); dstate: (dhT,) with dhT (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
+    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (H, I),
+    dw_hh (H, H), db_ih, db_hh (H,)) (with ``grads``: those arrays, added into).
     """
+    (dhT,) = dstate
     x, w_ih, w_hh, lengths, h, relu = cache
     T, B, I = x.shape
     H = h.shape[2]
@@ -112,13 +120,13 @@ def rnn_backward(dy, dhT, cache, grads=None):
     gemm(dp2, w_ih, dx.reshape(T * B, I), False)
     gemm(dp2.T, x.reshape(T * B, I), dw_ih, accumulate)
     gemm(dp2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
-    return (dx, dh, dw_ih, dw_hh, *bias_grads(grads, dp2.sum(axis=0)))
+    return dx, (dh,), (dw_ih, dw_hh, *bias_grads(grads, dp2.sum(axis=0)))
 
 
-def backward_probe(dtype, nonlinearity="tanh"):
+def backward_probe(dtype, relu=False):
     """(:func:`_backward_rows`, arguments typed as :func:`rnn_backward` passes them) for T = 0: a
     call compiles the loop without running a step, so without the GEMM it calls."""
     n3 = np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, np.zeros((1, 1), dtype),
-                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), NONLINEARITIES[nonlinearity] == 1, n3)
+                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), bool(relu), n3)
 
