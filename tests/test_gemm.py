@@ -52,14 +52,17 @@ def _check(out, expected, dtype, scale):
     assert np.abs(out - expected).max() <= tol * max(1.0, scale)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("trans_a", [False, True])
-@pytest.mark.parametrize("trans_b", [False, True])
 # Shapes around the tile (MR rows by NR columns), the row blocks (MC) and the depth passes (KC):
 # remainders of every kind, a single row (generation), and one recurrent step's shape.
 # (2, 40, 300): rows 1-3 take four panels per call, then single panels, then the partial one.
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 7, 3), (13, 300, 33), (1, 256, 1024), (32, 256, 1024),
-                                   (250, 513, 70), (3, 600, 17), (2, 40, 300)])
+EDGE_SHAPES = [(1, 1, 1), (5, 7, 3), (13, 300, 33), (1, 256, 1024), (32, 256, 1024), (250, 513, 70), (3, 600, 17),
+               (2, 40, 300)]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("m,k,n", EDGE_SHAPES)
 def test_gemm_matches_float64_reference(dtype, trans_a, trans_b, m, k, n):
     rng = np.random.default_rng(m * 1000 + k + n)
     a, b = _operands(rng, m, k, n, dtype, trans_a, trans_b)
@@ -72,6 +75,36 @@ def test_gemm_matches_float64_reference(dtype, trans_a, trans_b, m, k, n):
     acc = start.copy()
     G.gemm(a, b, acc, True)
     _check(acc, expected + start, dtype, scale)
+
+
+def _tuned_products(dtype):
+    """The three entry points, each as product(a, b, c, accumulate) on an unpacked b."""
+    core = G.core_address(dtype)
+    return {"gemm": G.gemm,
+            "gemm_packed": lambda a, b, c, acc: G.gemm_packed(a, G.pack_weights(b), c, acc),
+            "gemm_packed_serial": lambda a, b, c, acc: G.gemm_packed_serial(a, G.pack_weights(b), c, acc, core)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("accumulate", [False, True])
+@pytest.mark.parametrize("m,k,n", EDGE_SHAPES + [(4, 0, 3)])
+def test_tuned_gemms_match_the_plain_reference(dtype, trans_a, trans_b, accumulate, m, k, n):
+    """gemm, gemm_packed and gemm_packed_serial against reference_gemm, the module's specification,
+    which is itself checked against a float64 product first."""
+    rng = np.random.default_rng(m * 1000 + k + n + 1)
+    a, b = _operands(rng, m, k, n, dtype, trans_a, trans_b)
+    start = rng.standard_normal((m, n)).astype(dtype) if accumulate else np.full((m, n), np.nan, dtype)
+    scale = np.sqrt(k) * 4
+    ref = start.copy()
+    G.reference_gemm(a, b, ref, accumulate)
+    _check(ref, a.astype(np.float64) @ b.astype(np.float64) + (start if accumulate else 0), dtype, scale)
+    for name, product in _tuned_products(dtype).items():
+        out = start.copy()
+        product(a, b, out, accumulate)
+        assert not np.isnan(out).any(), name
+        _check(out, ref, dtype, 2 * scale)  # both round in dtype, in different orders
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

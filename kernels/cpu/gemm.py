@@ -1,15 +1,31 @@
 """Matrix products for the CPU kernels: a register-tiled GEMM compiled by Numba.
 
-Why not the BLAS Numba's ``np.dot`` calls? Three reasons, all measured on the 2-core machine:
+:func:`reference_gemm` below is the specification, in a few lines of NumPy; everything after it
+computes the same thing fast and is tested against it.
+
+Why not the BLAS Numba's ``np.dot`` calls (the OpenBLAS that NumPy ships)? Three reasons, measured
+first on a 2-core AMD EPYC Zen 5 with AVX-512:
 
 - The weights of a recurrent layer are multiplied once per time step. A BLAS call repacks them
   into its panel layout every time; here they are packed once per layer call (:func:`pack_weights`)
   and every step reads the packed copy: 410-440 GFLOP/s for one step at B=32, H=256 against 160.
-- A BLAS is built for a fixed set of vector widths, and the OpenBLAS that SciPy ships can be held
-  to AVX2 (``OPENBLAS_CORETYPE``) on a machine with AVX-512 (245 GFLOP/s there). Numba compiles
-  this module for the CPU it runs on, so the tile uses the widest vectors that CPU has (440-480).
-- NumPy's and SciPy's OpenBLAS each keep a pool of spinning threads; GEMMs on both pools in one
-  training step fought over the two cores. Here every product of a step runs on Numba's threads.
+- A BLAS is built for a fixed set of vector widths, and OpenBLAS can be held to AVX2
+  (``OPENBLAS_CORETYPE``) on a machine with AVX-512 (245 GFLOP/s there). Numba compiles this
+  module for the CPU it runs on, so the tile uses the widest vectors that CPU has (440-480).
+- Two OpenBLAS pools (NumPy's and, while SciPy was a dependency, SciPy's) each kept threads
+  spinning; GEMMs on both pools in one training step fought over the two cores. Here every
+  product of a step runs on Numba's threads.
+
+On the 2-core AMD EPYC Zen 3 with AVX2 and no AVX-512 the picture is mixed. Large products reach
+~89 GFLOP/s on 2 threads (43-46 on one, 55-60% of a core's peak; 62-68 on one thread for blocks
+that stay in cache) against NumPy's OpenBLAS 120-167 (61-64 on one thread). The per-step
+recurrent products (M = 16-32 rows per core, K = 128-256, N = 512-1024, W_hh packed once) reach
+55-60 GFLOP/s per core against OpenBLAS's 43-45, which is why the recurrences still use this GEMM.
+A known gap: the dW GEMMs outside the time loop, with a transposed A, run at 23-60 GFLOP/s here
+against OpenBLAS's 65-120. Packing A into MR-row micro-panels per block was tried (the diff was
+kept as /tmp/gemm_apack_experiment.diff): +10-30% on large row-major products but -20-40% on
+small-N transposed ones, where the packing is not amortised over enough panels; no net gain on the
+LSTM layer, so it was not kept.
 
 The core is a micro-kernel written in LLVM IR (a Numba ``@intrinsic``): an ``MR x NR`` block of C
 stays in vector registers while the loop over k does ``MR * NR / lanes`` fused multiply-adds per
@@ -33,6 +49,21 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from rnnfast.kernels.cpu.threads import THREADS, run_shared
+
+
+def reference_gemm(a, b, c, accumulate):
+    """The specification: c (+)= a @ b, as the loop over k that the micro-kernel runs.
+
+    a: (M, K) and b: (K, N) of any strides (a transposed operand is a view such as ``x.T``);
+    c: (M, N). accumulate: False overwrites c (whatever it held, NaN included), True adds to it;
+    with K == 0 the product is zero. Sums in c's dtype, k in order, one outer product (column p of
+    A times row p of B) per step. The tuned code rounds differently (fused multiply-adds, KC-deep
+    passes), so compare with a tolerance, not for equality.
+    """
+    total = np.zeros(c.shape, c.dtype)
+    for p in range(a.shape[1]):
+        total += np.outer(a[:, p], b[p, :])
+    c[...] = c + total if accumulate else total
 
 
 def _vector_bits():
@@ -62,7 +93,7 @@ def panel_width(dtype):
 
 
 def _microkernel(mr, panels=1):
-    """An intrinsic computing C[0:mr, 0:panels*NR] (+)= sum_p A[p, 0:mr] B[p, 0:panels*NR].
+    """An intrinsic computing C[0:mr, 0:panels*NR] (+)= A[0:mr, 0:k] @ B[0:k, 0:panels*NR].
 
     Arguments: k, a, a_off, a_pstride, a_istride (A[i, p] is a[a_off + p * a_pstride + i * a_istride]),
     b, b_off, b_kstride, b_jstride (column q * NR + j of B at row p is
@@ -92,30 +123,50 @@ def _microkernel(mr, panels=1):
             def data(arg_index, value):
                 return context.make_array(signature.args[arg_index])(context, builder, value).data
 
+            # Pointers to A[0, 0], B[0, 0] and C[0, 0] of this tile, and to the start of each of its
+            # mr rows of A. (gep is pointer arithmetic: base + index elements.)
             a0 = builder.gep(data(1, a), [a_off])
             b0 = builder.gep(data(5, b), [b_off])
             c0 = builder.gep(data(9, c), [c_off])
             a_rows = [builder.gep(a0, [builder.mul(ir.Constant(i64, i), a_istride)]) for i in range(mr)]
+            # llvm.fma.v8f32 and its kin: x * y + z on whole vectors with one rounding, one vfmadd
+            # instruction per call on a CPU with FMA.
             suffix = "v%d%s" % (lanes, "f32" if dtype.bitwidth == 32 else "f64")
             fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), "llvm.fma." + suffix)
             zero = ir.Constant(vec, [0.0] * lanes)
+            # A shuffle with an all-zero mask copies lane 0 into every lane (a broadcast).
             splat_mask = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
             undef = ir.Constant(vec, ir.Undefined)
 
+            # Three basic blocks: the entry (the code before this intrinsic), the k loop, and done
+            # (the C epilogue). With k <= 0 the entry jumps straight to done: the loop body never
+            # runs and every total is the zero vector, so C is overwritten with zeros or left as it
+            # was (accumulate). Otherwise the loop runs k times and falls through to done.
             entry = builder.block
             loop = builder.append_basic_block("micro.loop")
             done = builder.append_basic_block("micro.done")
             builder.cbranch(builder.icmp_signed(">", k, ir.Constant(i64, 0)), loop, done)
 
             builder.position_at_end(loop)
+            # The loop carries its state in phi nodes, SSA's loop variables: a phi's value depends on
+            # the block that jumped here, 0 (the zero vector) from the entry, last trip's result from
+            # the loop's tail (wired up by the add_incoming calls below). p is the k index; acc[i][v]
+            # is vector v of row i of the C tile: mr * nv vectors that stay in registers for the
+            # whole loop, which is what sizes MR.
             p = builder.phi(i64)
             acc = [[builder.phi(vec) for _ in range(nv)] for _ in range(mr)]
+            # Row p of B across the tile: nv vectors, two per NR-wide panel (panel q starts
+            # q * b_jstride elements on). Unaligned loads, since a panel or row can start anywhere.
             b_row = builder.gep(b0, [builder.mul(p, b_kstride)])
             bv = []
             for v in range(nv):
                 panel = builder.gep(b_row, [builder.mul(ir.Constant(i64, v // 2), b_jstride)])
                 bv.append(builder.load(builder.bitcast(builder.gep(panel, [ir.Constant(i64, v % 2 * lanes)]), vptr),
                                        align=align))
+            # Column p of A, one element per row: load A[i, p], put it in lane 0 of an undefined
+            # vector (insertelement) and broadcast it to all lanes (shufflevector); then one FMA
+            # per B vector: acc[i][v] + A[i, p] * B[p, v-th vector]. Over k this adds up
+            # sum_p A[i, p] * B[p, j] for every j of the tile: the outer-product form of GEMM.
             a_step = builder.mul(p, a_pstride)
             nxt = []
             for i in range(mr):
@@ -123,6 +174,8 @@ def _microkernel(mr, panels=1):
                 one_lane = builder.insert_element(undef, ai, ir.Constant(i32, 0))
                 splat = builder.shuffle_vector(one_lane, undef, splat_mask)
                 nxt.append([builder.call(fma, [splat, bv[v], acc[i][v]]) for v in range(nv)])
+            # Next k; loop again while p_next < k. tail is the block that jumps back (the loop
+            # body is one block, so it is the loop block itself).
             p_next = builder.add(p, ir.Constant(i64, 1))
             tail = builder.block
             builder.cbranch(builder.icmp_signed("<", p_next, k), loop, done)
@@ -133,6 +186,8 @@ def _microkernel(mr, panels=1):
                     acc[i][v].add_incoming(zero, entry)
                     acc[i][v].add_incoming(nxt[i][v], tail)
 
+            # done is reached from the entry (k <= 0: totals are zero) or from the loop's tail (the
+            # sums after the last k); a phi per accumulator picks the one that applies.
             builder.position_at_end(done)
             totals = []
             for i in range(mr):
@@ -141,6 +196,10 @@ def _microkernel(mr, panels=1):
                     total.add_incoming(zero, entry)
                     total.add_incoming(nxt[i][v], tail)
                     totals.append(total)
+            # The epilogue: C[i, v-th vector] = old + total when accumulating, else total. Both are
+            # computed and a select picks one (no branch in the IR); a NaN in C does not leak into an
+            # overwrite, since the select drops old + total. C is read either way, which is safe: the
+            # tile always lies inside C (partial tiles go through a scratch tile, see _work_item).
             add_old = builder.icmp_signed("!=", accumulate, ir.Constant(i64, 0))
             for i in range(mr):
                 c_row = builder.gep(c0, [builder.mul(ir.Constant(i64, i), ldc)])
@@ -374,6 +433,8 @@ def _product(a, b, b_kstride, b_jstride, tail, c, accumulate):
     (read with b_kstride, b_jstride), its partial last panel is tail: (K, NR)."""
     M, K = a.shape
     N = c.shape[1]
+    # gemm_packed_serial's guard again, on purpose: that one is compiled, this one Python; njit code
+    # cannot call a Python helper, and a shared @njit one would add a dispatch to every product here.
     if M == 0 or N == 0:
         return
     if K == 0:
