@@ -1,0 +1,118 @@
+"""CSV and TSV tables: one numeric column (:func:`load_csv_column`, for forecasting) or texts and
+their labels (:func:`load_text_labels`, for classification); every bad cell is a DataError naming its line.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from rnnfast.data.text import read_text
+from rnnfast.errors import DataError
+
+
+def _read_table(path, delimiter: str | None, encoding: str) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a CSV/TSV file as ``(line number, fields)``; the first is the header row.
+
+    The delimiter is a tab for ``.tsv``/``.tab`` files, otherwise sniffed from the header line
+    (``,``, tab, ``;`` or ``|``; a comma when the header has none of them).
+    """
+    text = read_text(path, encoding)
+    if delimiter is None:
+        if Path(path).suffix.lower() in (".tsv", ".tab"):
+            delimiter = "\t"
+        else:
+            # Only the header line: free text further down is full of commas and semicolons.
+            try:
+                first_line = next(line for line in text.splitlines() if line.strip())
+                delimiter = csv.Sniffer().sniff(first_line, delimiters=",\t;|").delimiter
+            except csv.Error:
+                delimiter = ","
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    try:
+        rows = [(reader.line_num, row) for row in reader if any(field.strip() for field in row)]
+    except csv.Error as exc:
+        raise DataError(f"{path}: malformed CSV near line {reader.line_num} ({exc}); check its quoting") from None
+    if not rows:
+        raise DataError(f"{path} has no rows with values; pass a CSV/TSV file with a header row and data")
+    return rows
+
+
+def _column_index(header: list[str], column, path) -> int:
+    """Index of ``column`` (a header name, or a 0-based position) in ``header``."""
+    names = [h.strip() for h in header]
+    if isinstance(column, (int, np.integer)):
+        if -len(names) <= column < len(names):
+            return int(column) % len(names)
+    elif column.strip() in names:
+        return names.index(column.strip())
+    available = ", ".join(f"{i}: {n!r}" for i, n in enumerate(names))
+    raise DataError(f"{path} has no column {column!r}; its columns are {available}; pass one of them (--column)")
+
+
+def _field(row: list[str], index: int, line: int, column, path) -> str:
+    if index >= len(row):
+        raise DataError(f"{path} line {line} has {len(row)} fields, so no column {column!r}; fix or remove that line")
+    return row[index].strip()
+
+
+def load_csv_column(path, column, *, header: bool = True, delimiter: str | None = None,
+                    encoding: str = "utf-8") -> np.ndarray:
+    """One numeric column of a CSV/TSV file as (N,) float64, in file order.
+
+    ``column`` is a header name or a 0-based index; with ``header=False`` the first row is data and
+    ``column`` must be an index. Blank lines are skipped; an empty, non-numeric or non-finite cell is
+    a DataError naming its line.
+    """
+    rows = _read_table(path, delimiter, encoding)
+    if header:
+        index, rows = _column_index(rows[0][1], column, path), rows[1:]
+    elif isinstance(column, (int, np.integer)):
+        index = int(column)
+    else:
+        raise ValueError("with header=False, pass the column as a 0-based index")
+    if not rows:
+        raise DataError(f"{path} has a header but no data rows; pass a file with values in it")
+    values = np.empty(len(rows), dtype=np.float64)
+    for k, (line, row) in enumerate(rows):
+        cell = _field(row, index, line, column, path)
+        try:
+            values[k] = float(cell)
+        except ValueError:
+            raise DataError(f"{path} line {line}, column {column!r}: {cell!r} is not a number; "
+                            "fill in or remove that row") from None
+        if not np.isfinite(values[k]):
+            raise DataError(f"{path} line {line}, column {column!r}: {cell!r} is not a finite number; "
+                            "fill in or remove that row")
+    return values
+
+
+def load_text_labels(path, text_column="text", label_column="label", *, delimiter: str | None = None,
+                     encoding: str = "utf-8") -> tuple[list[str], np.ndarray, list[str]]:
+    """Texts and their labels from a CSV/TSV file with a header row, for classification.
+
+    Returns ``texts`` (N strings), ``labels`` (N,) int32 ids into ``label_names``, and the sorted
+    distinct ``label_names`` (numerically sorted when every label is an integer, so "2" < "10").
+    """
+    rows = _read_table(path, delimiter, encoding)
+    header, rows = rows[0][1], rows[1:]
+    t_idx = _column_index(header, text_column, path)
+    l_idx = _column_index(header, label_column, path)
+    if not rows:
+        raise DataError(f"{path} has a header but no data rows; pass a file with labelled texts in it")
+    texts, names = [], []
+    for line, row in rows:
+        label = _field(row, l_idx, line, label_column, path)
+        if not label:
+            raise DataError(f"{path} line {line} has an empty label; fill it in or remove that row")
+        texts.append(_field(row, t_idx, line, text_column, path))
+        names.append(label)
+    distinct = set(names)
+    if len(distinct) < 2:
+        raise DataError(f"{path} has only the label {names[0]!r}; a classifier needs at least two classes")
+    numeric = all(n.lstrip("+-").isdigit() for n in distinct)
+    label_names = sorted(distinct, key=int if numeric else None)
+    lookup = {n: i for i, n in enumerate(label_names)}
+    return texts, np.array([lookup[n] for n in names], dtype=np.int32), label_names
