@@ -7,12 +7,12 @@ from pathlib import Path
 import click
 
 from rnnfast.backend import to_numpy
+from rnnfast.checkpoint import load_model
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
-from rnnfast.cli.tasks import (check_same_data, classify_eval_data, describe_loss, forecast_eval_windows, read_task,
-                               task_of)
+from rnnfast.cli.tasks import classify_eval_data, forecast_eval_windows, read_task, task_of
 from rnnfast.data import Scaler, Vocab, read_text, require_length
 from rnnfast.metrics import mae, rmse
-from rnnfast.models import load_model
+from rnnfast.tasks import check_same_data, describe_loss
 
 
 def _file_data(task: str, meta: dict, opts: dict, path: Path):

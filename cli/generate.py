@@ -6,10 +6,11 @@ from pathlib import Path
 
 import click
 
+from rnnfast.checkpoint import load_model
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.data import Vocab
 from rnnfast.errors import CheckpointError
-from rnnfast.models import CharRNN, load_model
+from rnnfast.models import CharRNN
 
 
 def load_char_model(checkpoint: Path):

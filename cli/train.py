@@ -11,13 +11,15 @@ from click.core import ParameterSource
 from tqdm import tqdm
 
 from rnnfast.backend import to_numpy
+from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar
 from rnnfast.checkpoint import load_checkpoint
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
-from rnnfast.cli.tasks import TASKS, build_model, check_same_data, describe_loss, read_task, task_of
+from rnnfast.cli.tasks import build_model, read_task, task_of
 from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
 from rnnfast.optim import SGD, Adagrad, Adam, AdamW, RMSprop
-from rnnfast.trainer import Callback, JSONLLogger, ProgressBar, Trainer
+from rnnfast.tasks import TASKS, check_same_data, describe_loss
+from rnnfast.trainer import Trainer
 from rnnfast.warmup import backward_compiled, compile_backward_in_background
 
 OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}

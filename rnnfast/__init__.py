@@ -20,4 +20,6 @@ from rnnfast import checkpoint, data, interop
 from rnnfast.checkpoint import load_checkpoint, save_checkpoint
 from rnnfast.data import ArrayBatcher, StreamBatcher, Vocab
 from rnnfast import models
-from rnnfast.trainer import Callback, History, JSONLLogger, ProgressBar, Trainer, fit
+from rnnfast import callbacks, tasks
+from rnnfast.callbacks import Callback, History, JSONLLogger, ProgressBar
+from rnnfast.trainer import Trainer, fit

@@ -1,4 +1,9 @@
-"""Checkpoints: one safetensors file holding a run's tensors, with everything else as JSON metadata.
+"""Checkpoints: one safetensors file holding a run's tensors, with everything else as JSON metadata;
+and the way back from a checkpoint to a model (:func:`load_model`, :func:`load_weights`, :func:`from_config`).
+
+This module owns the file's layout: every tensor-name prefix is one of its constants, and the
+rest of rnnfast adds and strips them only through :func:`join_tensors`, :func:`model_tensors`,
+:func:`optimizer_tensors` and :func:`carried_tensors`.
 
 Layout of the file (a plain safetensors file, readable by any safetensors reader):
 
@@ -8,6 +13,8 @@ Layout of the file (a plain safetensors file, readable by any safetensors reader
 - Optimizer state under ``optim/`` followed by the optimizer's own state names
   (``optim/exp_avg.rnn.weight_ih_l0``); :func:`join_tensors` and :func:`optimizer_tensors` add and
   strip the prefix.
+- The hidden state a trainer carries between truncated-BPTT batches under ``carry/`` (``carry/h``,
+  ``carry/c``), so that a resumed run continues exactly; :func:`carried_tensors` strips the prefix.
 - Everything that is not a tensor (model config, vocabulary, optimizer hyper-parameters, schedule
   step, RNG seed and counters, data position, scaler) in ``meta``, a JSON-able dict stored in the
   safetensors header as ``__metadata__["rnnfast"]`` (a JSON string), beside
@@ -36,11 +43,13 @@ from safetensors.numpy import save as _safetensors_bytes
 
 from rnnfast.backend import to_numpy
 from rnnfast.errors import CheckpointError
+from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
 
 FORMAT = "rnnfast-checkpoint"
 VERSION = 1
-OPTIM_PREFIX = "optim/"
+OPTIM_PREFIX = "optim/"  # the optimizer's state
 CARRY_PREFIX = "carry/"  # the hidden state a trainer carries between truncated-BPTT batches
+NOT_MODEL_PREFIXES = (OPTIM_PREFIX, CARRY_PREFIX)  # every other tensor is a model parameter
 
 
 def _json_default(value):
@@ -143,7 +152,7 @@ def model_tensors(tensors: dict, prefix: str = "") -> dict:
     ``torch.nn.LSTM.load_state_dict`` accepts (after ``torch.from_numpy``).
     """
     prefix = _with_dot(prefix)
-    out = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and not k.startswith((OPTIM_PREFIX, CARRY_PREFIX))}
+    out = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and not k.startswith(NOT_MODEL_PREFIXES)}
     if not out:
         names = ", ".join(sorted(tensors)[:8]) + (", ..." if len(tensors) > 8 else "")
         raise CheckpointError(f"the checkpoint has no model tensors under {prefix!r} (it holds {names}); "
@@ -156,8 +165,67 @@ def optimizer_tensors(tensors: dict) -> dict:
     return {k[len(OPTIM_PREFIX):]: v for k, v in tensors.items() if k.startswith(OPTIM_PREFIX)}
 
 
-def join_tensors(model_state: dict, optimizer_state: dict | None = None) -> dict:
-    """One tensor dict for :func:`save_checkpoint`: the model's as they are, the optimizer's under ``optim/``."""
+def carried_tensors(tensors: dict) -> dict:
+    """The carried hidden state's tensors with the ``carry/`` prefix stripped (empty when none were saved)."""
+    return {k[len(CARRY_PREFIX):]: v for k, v in tensors.items() if k.startswith(CARRY_PREFIX)}
+
+
+def join_tensors(model_state: dict, optimizer_state: dict | None = None, carried_state: dict | None = None) -> dict:
+    """One tensor dict for :func:`save_checkpoint`: the model's as they are, the optimizer's under
+    ``optim/``, the carried hidden state's under ``carry/``."""
     out = dict(model_state)
     out.update({OPTIM_PREFIX + k: v for k, v in (optimizer_state or {}).items()})
+    out.update({CARRY_PREFIX + k: v for k, v in (carried_state or {}).items()})
     return out
+
+
+# -- from a checkpoint back to a model ----------------------------------------------------------
+
+MODELS = {cls.__name__: cls for cls in (CharRNN, SeqRegressor, SeqClassifier)}
+
+
+def from_config(config: dict):
+    """The model that ``config`` (from a model's :meth:`config`) describes, freshly initialised."""
+    config = dict(config)
+    name = config.pop("class", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model class {name!r}; expected one of {', '.join(MODELS)}")
+    return MODELS[name](**config)
+
+
+def load_weights(model, tensors: dict, source: str = "the checkpoint") -> None:
+    """Copy a checkpoint's parameters into ``model``. Names and shapes must match exactly (the
+    optimizer's and the carried state's tensors are skipped); otherwise a one-line CheckpointError."""
+    own = model.params
+    theirs = {k: v for k, v in tensors.items() if not k.startswith(NOT_MODEL_PREFIXES)}
+    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
+    wrong = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        what = (f"lacks {missing[:3]}" if missing else f"has unexpected {unexpected[:3]}" if unexpected else
+                f"has {wrong[0]} of shape {tuple(theirs[wrong[0]].shape)}, not {tuple(own[wrong[0]].shape)}")
+        raise CheckpointError(f"{source} does not fit this {type(model).__name__}: it {what}; "
+                              "it is from another model, so build the model from the checkpoint (load_model)")
+    model.load_state_dict({k: theirs[k] for k in own})
+
+
+def load_model(path):
+    """A model from a checkpoint written by :class:`rnnfast.Trainer`: ``(model, meta)``.
+
+    The model is rebuilt from ``meta["model"]``, gets the saved parameters and dropout streams, and
+    is in eval mode on the CPU (``model.to("gpu")`` moves it). ``meta`` holds the rest (the
+    vocabulary under ``"vocab"`` when the trainer was given one). A checkpoint of another kind or
+    version is a one-line CheckpointError.
+    """
+    tensors, meta = load_checkpoint(path)
+    config = meta.get("model")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no model description; use a checkpoint written by rnnfast's trainer")
+    try:
+        model = from_config(config)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} describes a model this rnnfast cannot build ({exc}); "
+                              "it is from another version of rnnfast, so use that version or retrain") from None
+    load_weights(model, tensors, str(path))
+    if "rng" in meta:
+        model.set_rng_state(meta["rng"])
+    return model.eval(), meta
