@@ -1,0 +1,203 @@
+"""Tasks: what each kind of run reads, how it splits it, its model and the baseline it must beat.
+
+- ``charlm``: a text file (or the built-in corpus) -> character ids, the last ``val_frac`` held out.
+- ``forecast``: one numeric CSV column -> windows of ``window`` values and the ``horizon`` after
+  them, standardised on the training part; the last ``val_frac`` of the series is held out.
+- ``classify``: a CSV/TSV of texts and labels -> characters cut to ``seq_len``, a seeded shuffle,
+  then ``val_frac`` of the rows held out.
+
+Training and evaluation both read through here, so a held-out split read again later is cut
+exactly as training cut it, given the same arguments (``rnnfast train`` stores them in the checkpoint).
+
+    >>> td = read_charlm(None, batch_size=4, seq_len=32)     # the built-in corpus
+    >>> model = build_model("charlm", td, hidden_size=16, num_layers=1, seed=0)
+    >>> type(model).__name__, td.baseline_name
+    ('CharRNN', 'unigram')
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rnnfast.corpus import default_corpus_path
+from rnnfast.data import (StandardScaler, Scaler, Vocab, forecast_windows, load_csv_column, load_text_labels,
+                          read_text, require_length, sliding_windows, split_ids)
+from rnnfast.errors import DataError
+from rnnfast.metrics import bits_per_char
+from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
+
+TASKS = ("charlm", "forecast", "classify")
+
+
+@dataclass
+class TaskData:
+    """A task's data, split. ``train``/``val``: ids (N,) for charlm, else tuples of arrays the model's
+    ``train_step``/``evaluate`` take. ``meta``: what a checkpoint must keep to read new data the same
+    way (vocabulary, scaler, label names). ``baseline``: the loss a model with no memory reaches on
+    ``val``, in the units of the validation loss, and what that model is."""
+
+    train: object
+    val: object
+    meta: dict
+    description: str
+    baseline: float
+    baseline_name: str
+
+
+def data_path(path) -> Path:
+    """The file a run reads: the one given, or the built-in corpus for None."""
+    return default_corpus_path() if path is None else Path(path)
+
+
+def _name(path) -> str:
+    return "the built-in corpus" if path is None else str(path)
+
+
+# -- charlm -------------------------------------------------------------------------------------
+
+def unigram_loss(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int) -> float:
+    """Mean loss (nats) on ``val_ids`` of a model that knows only how often each character occurs in
+    training (add-one smoothed, so a character unseen in training still has a finite cost)."""
+    counts = np.bincount(train_ids, minlength=vocab_size) + 1.0
+    return float(-np.log(counts[val_ids] / counts.sum()).mean())
+
+
+def read_charlm(path=None, *, batch_size: int, seq_len: int, val_frac: float = 0.1,
+                encoding: str = "utf-8") -> TaskData:
+    """A text file (None: the built-in corpus) as character ids, the last ``val_frac`` held out; the
+    training part must fill one batch of ``batch_size`` x ``seq_len``, the held-out part one sequence."""
+    text = read_text(data_path(path), encoding)
+    vocab = Vocab.from_text(text)
+    train, val, _ = split_ids(vocab.encode(text), val_frac)
+    name = _name(path)
+    need = batch_size * (seq_len + 1)
+    require_length(len(train), need, f"the training part of {name}",
+                   f"one batch needs --batch-size x (--seq-len + 1) = {need} characters; "
+                   "use a longer text, or a smaller --batch-size / --seq-len", unit="characters")
+    require_length(len(val), seq_len + 1, f"the validation part of {name} (--val-frac {val_frac})",
+                   "it must hold one sequence (--seq-len + 1 characters); use a larger --val-frac or a longer text",
+                   unit="characters")
+    return TaskData(train, val, {"vocab": vocab.to_dict()},
+                    f"{name} ({len(text):,} characters, {len(vocab)} distinct; {len(val):,} held out)",
+                    unigram_loss(train, val, len(vocab)), "unigram")
+
+
+# -- forecast -----------------------------------------------------------------------------------
+
+def persistence_loss(X: np.ndarray, Y: np.ndarray) -> float:
+    """MSE of the forecast "every next value equals the last one seen", the baseline a forecaster must beat."""
+    return float(((Y - X[:, -1:]) ** 2).mean())
+
+
+def read_forecast(path, column: str | int, *, window: int, horizon: int = 1, val_frac: float = 0.1,
+                  encoding: str = "utf-8") -> TaskData:
+    """One numeric column (a header name or a 0-based index) of a CSV file as forecasting windows,
+    standardised on the training part (the scaler goes into ``meta``), the last ``val_frac`` held out."""
+    series = load_csv_column(path, column, encoding=encoding)
+    scaler = StandardScaler()  # fitted on the training part by forecast_windows, kept for later data
+    splits = forecast_windows(series, window, horizon, val_frac, scaler=scaler)
+    train, val = splits["train"], splits["val"]
+    require_length(len(val[0]), 1, f"the validation part of {path}",
+                   "it needs at least one window's targets; use a larger --val-frac or a smaller --horizon",
+                   unit="windows")
+    return TaskData(train, val, {"scaler": scaler.to_dict()},
+                    f"{path} column {column!r} ({len(series):,} values; "
+                    f"{len(train[0]):,} training and {len(val[0]):,} validation windows)",
+                    persistence_loss(*val), "last value")
+
+
+def forecast_eval_windows(meta: dict, path, column: str | int, *, window: int, horizon: int = 1,
+                          encoding: str = "utf-8") -> tuple[np.ndarray, np.ndarray]:
+    """Every window of a new CSV file, scaled as in training (``meta`` holds the scaler)."""
+    series = load_csv_column(path, column, encoding=encoding)
+    return sliding_windows(Scaler.from_dict(meta["scaler"]).transform(series), window, horizon)
+
+
+# -- classify -----------------------------------------------------------------------------------
+
+def encode_texts(vocab: Vocab, texts, max_len: int, path) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> ids (N, T) int32 padded with 0 and lengths (N,), each cut to ``max_len`` characters."""
+    lengths = np.array([min(len(t), max_len) for t in texts], dtype=np.int32)
+    if (lengths == 0).any():
+        row = int(np.flatnonzero(lengths == 0)[0]) + 1
+        raise DataError(f"{path}: data row {row} has an empty text; fill it in or remove that row")
+    ids = np.zeros((len(texts), int(lengths.max())), dtype=np.int32)
+    for i, (text, n) in enumerate(zip(texts, lengths)):
+        ids[i, :n] = vocab.encode(text[:n])
+    return ids, lengths
+
+
+def prior_loss(train_labels: np.ndarray, val_labels: np.ndarray, num_classes: int) -> float:
+    """Cross-entropy on the validation labels of always predicting the training label frequencies."""
+    counts = np.bincount(train_labels, minlength=num_classes) + 1.0
+    return float(-np.log(counts[val_labels] / counts.sum()).mean())
+
+
+def read_classify(path, *, seq_len: int, text_column="text", label_column="label", val_frac: float = 0.1,
+                  seed: int = 0, encoding: str = "utf-8") -> TaskData:
+    """Labelled texts of a CSV/TSV file as ids cut to ``seq_len``, with lengths and label ids; a
+    shuffle fixed by ``seed``, then ``val_frac`` of the rows held out."""
+    texts, labels, names = load_text_labels(path, text_column, label_column, encoding=encoding)
+    vocab = Vocab.from_text("".join(texts))
+    ids, lengths = encode_texts(vocab, texts, seq_len, path)
+    # Files of labelled texts are often sorted by label: shuffle (seeded) before holding rows out.
+    order = np.random.default_rng(seed).permutation(len(labels))
+    n_val = int(round(len(labels) * val_frac))
+    if n_val < 1 or n_val == len(labels):
+        raise DataError(f"{path} has {len(labels)} rows, too few to hold out {val_frac:.0%} "
+                        "for validation and train on the rest; use more rows or another --val-frac")
+    tr, va = order[:-n_val], order[-n_val:]
+    return TaskData((ids[tr], lengths[tr], labels[tr]), (ids[va], lengths[va], labels[va]),
+                    {"vocab": vocab.to_dict(), "labels": list(names)},
+                    f"{path} ({len(labels):,} texts, {len(names)} classes; {n_val:,} held out)",
+                    prior_loss(labels[tr], labels[va], len(names)), "label frequencies")
+
+
+def classify_eval_data(meta: dict, path, *, seq_len: int, text_column="text", label_column="label",
+                       encoding: str = "utf-8") -> tuple:
+    """(ids, lengths, labels) of a new labelled file, read with the checkpoint's vocabulary and labels."""
+    texts, labels, names = load_text_labels(path, text_column, label_column, encoding=encoding)
+    known = meta["labels"]
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise DataError(f"{path} has labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
+                        f"it knows {', '.join(map(repr, known))}")
+    ids, lengths = encode_texts(Vocab.from_dict(meta["vocab"]), texts, seq_len, path)
+    return ids, lengths, np.array([known.index(names[k]) for k in labels], dtype=np.int32)
+
+
+# -- all tasks ----------------------------------------------------------------------------------
+
+def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, cell: str = "lstm",
+                dropout: float = 0.0, dtype=np.float32, seed: int | None = None, bidirectional: bool = False,
+                horizon: int = 1):
+    """The task's model for ``td``, freshly initialised (the seed fixes every weight)."""
+    common = dict(hidden_size=hidden_size, num_layers=num_layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
+                  seed=seed)
+    if task == "charlm":
+        return CharRNN(len(td.meta["vocab"]["chars"]), **common)
+    if task == "forecast":
+        return SeqRegressor(1, output_size=horizon, bidirectional=bidirectional, **common)
+    return SeqClassifier(len(td.meta["vocab"]["chars"]), len(td.meta["labels"]), bidirectional=bidirectional,
+                         **common)
+
+
+def describe_loss(task: str, loss: float) -> str:
+    """A validation loss with its units (and bits per character for a character model)."""
+    if task == "charlm":
+        return f"{loss:.4f} nats/char ({bits_per_char(loss):.3f} bpc, perplexity {math.exp(loss):.2f})"
+    if task == "forecast":
+        return f"{loss:.4f} MSE (standardised units)"
+    return f"{loss:.4f} cross-entropy"
+
+
+def check_same_data(meta: dict, td: TaskData, checkpoint) -> None:
+    """The data read now must be read as it was when ``checkpoint`` was written (same vocabulary,
+    scaler and labels); otherwise the file changed since that run."""
+    for key, value in td.meta.items():
+        if meta.get(key) != value:
+            raise DataError(f"the data no longer matches {checkpoint} (its {key} differs): the file changed since "
+                            "that run; use the data it was trained on")
