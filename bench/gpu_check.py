@@ -1,10 +1,9 @@
-"""GPU kernels, checked and timed in one run: parity with the CPU kernels for every cell, dtype and
-lengths setting, the recurrent layers end to end on CuPy arrays, then forward and forward+backward
-against PyTorch/cuDNN (fp32, TF32 off, CUDA events, medians) at the issue's shapes.
+"""GPU kernels, checked and timed in one run: every cell, dtype and lengths setting against the
+reference (rnnfast.testing's kernel check, the one tests/test_reference.py runs), the recurrent
+layers end to end on CuPy arrays, then forward and forward+backward against PyTorch/cuDNN (fp32,
+TF32 off, CUDA events, medians) at the issue's shapes.
 
     python -m rnnfast.bench.gpu_check [--out DIR] [--reps N]
-
-:func:`parity` is also what ``tests/test_gpu.py`` and ``tests/test_cuda_sim.py`` hold the kernels to.
 """
 import argparse
 import json
@@ -15,82 +14,26 @@ from pathlib import Path
 
 import numpy as np
 
-from rnnfast.bench.harness import rel_err
 from rnnfast.errors import RnnfastError
+from rnnfast.kernels.cells import CELLS, cell_named
+from rnnfast.testing import KERNEL_SHAPES, TOLERANCE, device, kernel_errors, make_case, rel_err, torch_recurrent, worst
 
-GATES = {"rnn": 1, "gru": 3, "lstm": 4}
-TOLERANCE = {np.float64: 1e-9, np.float32: 1e-4}  # relative to the largest reference magnitude
 SHAPES = [(100, 32, 128, 256), (100, 64, 512, 512), (100, 256, 1024, 1024), (200, 1, 256, 256)]
-PARITY_SHAPES = [(7, 5, 6, 40), (5, 3, 4, 300), (4, 70, 8, 64)]
 
 
-def make_case(cell, T, B, I, H, dtype, lengths, seed=0):
-    """Inputs, weights (PyTorch's init) and upstream gradients for one kernel call, as NumPy."""
-    rng = np.random.default_rng(seed)
-    G = GATES[cell]
-    k = 1 / np.sqrt(H)
-
-    def u(*shape):
-        return rng.uniform(-k, k, shape).astype(dtype)
-
-    def n(*shape):
-        return rng.standard_normal(shape).astype(dtype)
-
-    n_state = 2 if cell == "lstm" else 1
-    case = {
-        "x": n(T, B, I),
-        "state": [0.5 * n(B, H) for _ in range(n_state)],
-        "weights": [u(G * H, I), u(G * H, H), u(G * H), u(G * H)],
-        "dy": n(T, B, H),
-        "dstate": [n(B, H) for _ in range(n_state)],
-        "lengths": None,
-    }
-    if lengths:
-        case["lengths"] = rng.integers(1, T + 1, B)
-        case["lengths"][0] = T
-    return case
-
-
-def run_kernels(kernels, cell, case, to, nonlinearity="tanh"):
-    """Forward then backward through ``kernels``; returns every output and gradient as a dict."""
-    x = to(case["x"])
-    state = [to(s) for s in case["state"]]
-    weights = [to(w) for w in case["weights"]]
-    lengths = None if case["lengths"] is None else to(case["lengths"])
-    kw = {"nonlinearity": nonlinearity} if cell == "rnn" else {}
-    y, *final, cache = getattr(kernels, f"{cell}_forward")(x, *state, *weights, lengths, **kw)
-    grads = getattr(kernels, f"{cell}_backward")(to(case["dy"]), *[to(d) for d in case["dstate"]], cache)
-    names = ["y", "hT", "cT"][: 1 + len(final)]
-    names += ["dx", "dh0", "dc0"][: 1 + len(state)] + ["dw_ih", "dw_hh", "db_ih", "db_hh"]
-    return dict(zip(names, [y, *final, *grads]))
-
-
-def parity(gpu_kernels, to_device, to_host, cell, dtype, lengths, shape, nonlinearity="tanh"):
-    """Largest relative error of any output or gradient of ``gpu_kernels`` against the CPU kernels,
-    and the name of that array."""
-    from rnnfast.kernels import cpu
-
-    case = make_case(cell, *shape, dtype, lengths)
-    ref = run_kernels(cpu, cell, case, lambda a: a, nonlinearity)
-    got = run_kernels(gpu_kernels, cell, case, to_device, nonlinearity)
-    errs = {name: rel_err(to_host(got[name]), ref[name]) for name in ref}
-    worst = max(errs, key=errs.get)
-    return errs[worst], worst
-
-
-def _parity_table(kernels, cp):
+def _parity_table():
     rows = []
-    for cell in GATES:
+    gpu = device("gpu")
+    for cell in CELLS:
         for dtype in (np.float32, np.float64):
             for lengths in (False, True):
-                for shape in PARITY_SHAPES:
-                    for nl in (("tanh", "relu") if cell == "rnn" else ("tanh",)):
-                        err, worst = parity(kernels, cp.asarray, cp.asnumpy, cell, dtype, lengths, shape, nl)
-                        ok = err <= TOLERANCE[dtype]
-                        rows.append(dict(cell=cell if cell != "rnn" else f"rnn_{nl}", dtype=dtype.__name__,
-                                         lengths=lengths, shape=shape, err=err, worst=worst, ok=ok))
-                        print(f"parity {rows[-1]['cell']:9s} {dtype.__name__:7s} lengths={lengths!s:5s} "
-                              f"{shape!s:18s} max rel err {err:.2e} ({worst}) {'ok' if ok else 'FAIL'}", flush=True)
+                for shape in KERNEL_SHAPES:
+                    err, name = worst(kernel_errors(gpu, make_case(cell, shape, dtype, lengths)))
+                    ok = err <= TOLERANCE[np.dtype(dtype)]
+                    rows.append(dict(cell=cell, dtype=dtype.__name__, lengths=lengths, shape=shape, err=err,
+                                     worst=name, ok=ok))
+                    print(f"parity {cell:9s} {dtype.__name__:7s} lengths={lengths!s:5s} {shape!s:18s} "
+                          f"max rel err {err:.2e} ({name}) {'ok' if ok else 'FAIL'}", flush=True)
     return rows
 
 
@@ -134,36 +77,34 @@ def _median_ms(fn, reps, torch):
 
 
 def _timing_table(kernels, cp, torch, reps, shapes=SHAPES, cells=("lstm", "gru", "rnn"), log=print):
+    """cells: kinds ("lstm", "gru", "rnn"); an RNN runs as rnn_tanh."""
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     rows = []
     for shape in shapes:
         T, B, I, H = shape
-        for cell in cells:
-            case = make_case(cell, T, B, I, H, np.float32, False)
-            x = cp.asarray(case["x"])
-            state = [cp.asarray(s) for s in case["state"]]
-            weights = [cp.asarray(w) for w in case["weights"]]
-            dy = cp.asarray(case["dy"])
-            fwd = getattr(kernels, f"{cell}_forward")
-            bwd = getattr(kernels, f"{cell}_backward")
+        for kind in cells:
+            cell = cell_named(kind).name
+            case = make_case(cell, shape, np.float32)
+            x = cp.asarray(case.x)
+            state = tuple(cp.asarray(s) for s in case.state)
+            weights = tuple(cp.asarray(w) for w in case.weights)
+            dy = cp.asarray(case.dy)
+            fwd, bwd = kernels.KERNELS[cell]
 
             def ours_fwd():
-                return fwd(x, *state, *weights)
+                return fwd(x, state, weights)
 
             def ours_fb():
-                out = fwd(x, *state, *weights)
-                return bwd(dy, *[None] * len(state), out[-1])
+                out = fwd(x, state, weights)
+                return bwd(dy, (None,) * len(state), out[-1])
 
-            module = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}[cell](I, H).cuda()
-            with torch.no_grad():
-                for p, w in zip((module.weight_ih_l0, module.weight_hh_l0, module.bias_ih_l0, module.bias_hh_l0),
-                                case["weights"]):
-                    p.copy_(torch.from_numpy(w))
-            tx = torch.from_numpy(case["x"]).cuda().requires_grad_(True)
-            ts = [torch.from_numpy(s).cuda()[None].requires_grad_(True) for s in case["state"]]
-            tstate = tuple(ts) if cell == "lstm" else ts[0]
-            tdy = torch.from_numpy(case["dy"]).cuda()
+            names = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
+            module = torch_recurrent(cell, I, H, dict(zip(names, case.weights)), np.float32).cuda()
+            tx = torch.from_numpy(case.x).cuda().requires_grad_(True)
+            ts = [torch.from_numpy(s).cuda()[None].requires_grad_(True) for s in case.state]
+            tstate = tuple(ts) if len(ts) == 2 else ts[0]
+            tdy = torch.from_numpy(case.dy).cuda()
 
             def torch_fwd():
                 with torch.no_grad():
@@ -178,16 +119,16 @@ def _timing_table(kernels, cp, torch, reps, shapes=SHAPES, cells=("lstm", "gru",
             # Agreement before timing: outputs and one weight gradient against cuDNN.
             y_ours = cp.asnumpy(ours_fwd()[0])
             y_ref = torch_fwd()[0].cpu().numpy()
-            grads = ours_fb()
+            _, _, (_, dw_hh, _, _) = ours_fb()
             torch_fb()
-            agree = max(rel_err(y_ours, y_ref), rel_err(cp.asnumpy(grads[-3]), module.weight_hh_l0.grad.cpu().numpy()))
+            agree = max(rel_err(y_ours, y_ref), rel_err(cp.asnumpy(dw_hh), module.weight_hh_l0.grad.cpu().numpy()))
 
-            row = dict(shape=shape, cell=cell, agree=agree,
+            row = dict(shape=shape, cell=kind, agree=agree,
                        ours_fwd=_median_ms(ours_fwd, reps, torch), ours_fb=_median_ms(ours_fb, reps, torch),
                        cudnn_fwd=_median_ms(torch_fwd, reps, torch), cudnn_fb=_median_ms(torch_fb, reps, torch))
             row["ratio_fb"] = row["ours_fb"] / row["cudnn_fb"]
             rows.append(row)
-            log(f"time {shape!s:22s} {cell:4s} rnnfast fwd {row['ours_fwd']:8.3f} ms  f+b {row['ours_fb']:8.3f} ms | "
+            log(f"time {shape!s:22s} {kind:4s} rnnfast fwd {row['ours_fwd']:8.3f} ms  f+b {row['ours_fb']:8.3f} ms | "
                   f"cuDNN fwd {row['cudnn_fwd']:8.3f} ms  f+b {row['cudnn_fb']:8.3f} ms | f+b ratio "
                   f"{row['ratio_fb']:.2f} | agree {agree:.1e}")
             del module, tx, ts, x, state, weights, dy
@@ -229,7 +170,7 @@ def run_gpu_bench(full=False, cells=None, repeats=None):
                           log=lambda line: print(line, file=sys.stderr, flush=True))
     for r in timed:
         T, B, I, H = r["shape"]
-        flops = 2 * T * B * GATES[r["cell"]] * H * (I + H)  # one forward's GEMM work
+        flops = 2 * T * B * cell_named(r["cell"]).num_gates * H * (I + H)  # one forward's GEMM work
         results.append({
             "scenario": f"fwd+bwd {r['cell']} {tuple(r['shape'])}", "kind": "fwd+bwd", "cell": r["cell"],
             "T": T, "B": B, "I": I, "H": H, "max_rel_err": r["agree"],
@@ -242,16 +183,17 @@ def run_gpu_bench(full=False, cells=None, repeats=None):
 
 def _host_overhead(kernels, cp):
     """Host time of one tiny forward and forward+backward call (what a small shape pays per call)."""
-    case = make_case("lstm", 2, 1, 8, 8, np.float32, False)
-    args = [cp.asarray(case["x"])] + [cp.asarray(a) for a in case["state"] + case["weights"]]
-    kernels.lstm_forward(*args)
+    case = make_case("lstm", (2, 1, 8, 8), np.float32)
+    x, state, weights = cp.asarray(case.x), tuple(map(cp.asarray, case.state)), tuple(map(cp.asarray, case.weights))
+    forward, backward = kernels.KERNELS["lstm"]
+    forward(x, state, weights)
     cp.cuda.Device().synchronize()
     t0 = time.perf_counter()
     for _ in range(20):
-        out = kernels.lstm_forward(*args)
+        out = forward(x, state, weights)
     t1 = time.perf_counter()
     for _ in range(20):
-        kernels.lstm_backward(cp.asarray(case["dy"]), None, None, out[-1])
+        backward(cp.asarray(case.dy), (None, None), out[-1])
     t2 = time.perf_counter()
     cp.cuda.Device().synchronize()
     res = {"lstm_forward_host_us": (t1 - t0) / 20 * 1e6, "lstm_backward_host_us": (t2 - t1) / 20 * 1e6}
@@ -274,7 +216,7 @@ def main(argv=None):
     report = {"device": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
     print("device:", report["device"], flush=True)
     if "parity" not in args.skip:
-        report["parity"] = _parity_table(kernels, cp)
+        report["parity"] = _parity_table()
     if "layers" not in args.skip:
         report["layers"] = layers_end_to_end(cp)
     report["host"] = _host_overhead(kernels, cp)

@@ -1,10 +1,12 @@
 """The numba.cuda kernels' logic under the CUDA simulator, so CI (no GPU, no CuPy) checks it.
 
 The simulator must be switched on before numba.cuda is imported, so the kernels run in a child
-process with ``NUMBA_ENABLE_CUDASIM=1``, NumPy arrays standing in for CuPy; the rest of the test
-session is unaffected. The simulator runs one block of the persistent kernels (its grid barrier is
-then exact); tiny shapes with ``KC`` and ``ROWS`` shrunk walk every loop: several staged k chunks,
-several batch chunks, k split across threads, padded thread tiles.
+process with ``NUMBA_ENABLE_CUDASIM=1``, NumPy arrays standing in for CuPy (rnnfast.testing's
+"sim" device); the rest of the test session is unaffected. The child holds each case to the
+reference with the kernel check of tests/test_reference.py. The simulator runs one block of the
+persistent kernels (its grid barrier is then exact); tiny shapes with ``KC`` and ``ROWS`` shrunk
+walk every loop: several staged k chunks, several batch chunks, k split across threads, padded
+thread tiles.
 """
 import json
 import os
@@ -13,23 +15,28 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.slow  # one child process, a minute of simulated kernels
+
 CASES = [
-    ("rnn", "tanh", "float64", False), ("rnn", "relu", "float64", True), ("rnn", "tanh", "float32", True),
-    ("gru", "tanh", "float64", False), ("gru", "tanh", "float64", True), ("gru", "tanh", "float32", True),
-    ("lstm", "tanh", "float64", False), ("lstm", "tanh", "float64", True), ("lstm", "tanh", "float32", True),
+    ("rnn_tanh", "float64", False), ("rnn_relu", "float64", True), ("rnn_tanh", "float32", True),
+    ("gru", "float64", False), ("gru", "float64", True), ("gru", "float32", True),
+    ("lstm", "float64", False), ("lstm", "float64", True), ("lstm", "float32", True),
 ]
+TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 
 CHILD = """
 import json, sys
-import numpy as np
 from rnnfast.kernels.cuda import common
 common.KC, common.ROWS = 3, 2
-from rnnfast.kernels import cuda
-from rnnfast.bench.gpu_check import parity
+from rnnfast import testing
+sim = testing.device("sim")
 out = {}
-for cell, nl, dtype, lengths in json.loads(sys.argv[1]):
-    err, worst = parity(cuda, np.asarray, np.asarray, cell, np.dtype(dtype).type, lengths, (3, 3, 2, 5), nl)
-    out[f"{cell}-{nl}-{dtype}-{lengths}"] = [err, worst]
+for cell, dtype, lengths in json.loads(sys.argv[1]):
+    try:
+        out[f"{cell}-{dtype}-{lengths}"] = testing.worst(testing.kernel_errors(
+            sim, testing.make_case(cell, (3, 3, 2, 5), dtype, lengths)))
+    except Exception as exc:  # each case reports its own failure
+        out[f"{cell}-{dtype}-{lengths}"] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(out))
 """
 
@@ -43,7 +50,9 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("cell,nonlinearity,dtype,lengths", CASES)
-def test_kernel_logic_under_simulator(results, cell, nonlinearity, dtype, lengths):
-    err, worst = results[f"{cell}-{nonlinearity}-{dtype}-{lengths}"]
-    assert err <= (1e-12 if dtype == "float64" else 1e-5), f"{worst}: relative error {err:.2e}"
+@pytest.mark.parametrize("cell,dtype,lengths", CASES)
+def test_kernel_logic_under_simulator(results, cell, dtype, lengths):
+    result = results[f"{cell}-{dtype}-{lengths}"]
+    assert not isinstance(result, str), result
+    err, worst = result
+    assert err <= TOLERANCE[dtype], f"{worst}: relative error {err:.2e}"

@@ -3,21 +3,7 @@ import numpy as np
 import pytest
 
 import rnnfast as rf
-
-
-def central_difference(f, x, eps=1e-6):
-    """d f() / d x for a scalar f that reads x; x is perturbed in place and restored."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
+from rnnfast import testing
 
 
 # -- Linear ------------------------------------------------------------------------------------
@@ -35,9 +21,7 @@ def test_linear_gradients_match_central_differences(lead, bias):
     layer(x)
     dx = layer.backward(r)
     assert dx.shape == x.shape
-    np.testing.assert_allclose(dx, central_difference(loss, x), rtol=1e-6, atol=1e-8)
-    for name, p in layer.params.items():
-        np.testing.assert_allclose(layer.grads[name], central_difference(loss, p), rtol=1e-6, atol=1e-8)
+    testing.check_gradients(loss, {"x": x, **layer.params}, {"x": dx, **layer.grads}, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype, tol", [(np.float32, 1e-5), (np.float64, 1e-12)])
@@ -114,7 +98,7 @@ def test_embedding_forward_is_lookup_and_backward_matches_central_differences(id
     def loss():
         return float((r * emb(ids)).sum())
 
-    np.testing.assert_allclose(emb.grads["weight"], central_difference(loss, emb.params["weight"]), atol=1e-8)
+    testing.check_gradients(loss, emb.params, emb.grads, rtol=1e-7, atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -220,7 +204,7 @@ def test_dropout_backward_matches_central_differences():
 
     loss()
     dx = drop.backward(r)
-    np.testing.assert_allclose(dx, central_difference(loss, x), atol=1e-8)
+    testing.check_gradients(loss, {"x": x}, {"x": dx}, rtol=1e-7, atol=1e-8)
     assert (dx == 0).any() and (dx != 0).any()
 
 

@@ -1,10 +1,10 @@
-"""The engine core: recurrent layers and kernels against central differences, the NumPy reference
-and PyTorch (outputs and every gradient), plus the user-facing errors."""
+"""The engine core: recurrent layers against central differences and PyTorch (outputs and every
+gradient), plus the user-facing errors. The kernels against the reference: test_reference.py."""
 import numpy as np
 import pytest
 
 import rnnfast as rf
-from rnnfast.kernels.cpu import reference
+from rnnfast import testing
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 
@@ -54,40 +54,10 @@ def test_gradients_match_central_differences(cell, num_layers, bidirectional, us
     dx, dstate0 = layer.backward(r_y, as_state(layer, r_state))
     analytic = {"x": dx, **{f"state{i}": d for i, d in enumerate(as_tuple(dstate0))}, **layer.grads}
     variables = {"x": x, **{f"state{i}": s for i, s in enumerate(state)}, **layer.params}
-    eps = 1e-6
-    for name, value in variables.items():
-        numeric = np.zeros_like(value)
-        for i in np.ndindex(value.shape):
-            old = value[i]
-            value[i] = old + eps
-            up = weighted_loss(layer, x, state, lengths, r_y, r_state)
-            value[i] = old - eps
-            down = weighted_loss(layer, x, state, lengths, r_y, r_state)
-            value[i] = old
-            numeric[i] = (up - down) / (2 * eps)
-        np.testing.assert_allclose(analytic[name], numeric, rtol=1e-5, atol=1e-7, err_msg=name)
+    testing.check_gradients(lambda: weighted_loss(layer, x, state, lengths, r_y, r_state), variables, analytic,
+                            rtol=1e-5, atol=1e-7)
     if use_lengths:  # padded inputs cannot matter
         assert np.all(dx[2:, 1] == 0) and np.all(dx[1:, 2] == 0)
-
-
-# -- the kernels against the plain NumPy reference ------------------------------------------------
-@pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
-def test_kernels_match_reference(cell, dtype, tol):
-    rng = np.random.default_rng(3)
-    layer = make_layer(cell, 5, 6, dtype=dtype, seed=4)
-    x, state = random_inputs(layer, 7, 4, rng, dtype)
-    lengths = np.array([7, 5, 2, 1])
-    y, final = layer(x, as_state(layer, state), lengths)
-    step = {"lstm": reference.lstm_step, "gru": reference.gru_step}.get(cell, reference.rnn_step)
-    kw = {"nonlinearity": cell[4:]} if cell.startswith("rnn") else {}
-    weights = {k: layer.params[f"{k.replace('w_', 'weight_').replace('b_', 'bias_')}_l0"].astype(np.float64)
-               for k in ("w_ih", "w_hh", "b_ih", "b_hh")}
-    y_ref, final_ref = reference.run(lambda *a, **w: step(*a, **w, **kw), x.astype(np.float64),
-                                     tuple(s[0].astype(np.float64) for s in state), lengths, **weights)
-    np.testing.assert_allclose(y, y_ref, atol=tol, rtol=0)
-    for f, r in zip(as_tuple(final), final_ref):
-        np.testing.assert_allclose(f[0], r, atol=tol, rtol=0)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -116,27 +86,20 @@ def test_cell_backward_matches_layer_backward():
     dh, dc = rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
     cell((x), (h, c))
     dx, (dh0, dc0) = cell.backward((dh, dc))
-    eps = 1e-6
 
-    def f(xx):
-        h1, c1 = cell(xx, (h, c))
+    def loss():
+        h1, c1 = cell(x, (h, c))
         return np.sum(h1 * dh) + np.sum(c1 * dc)
 
-    numeric = np.array([[(f(x + eps * e) - f(x - eps * e)) / (2 * eps) for e in row] for row in np.eye(6).reshape(2, 3, 2, 3)])
-    np.testing.assert_allclose(dx, numeric, rtol=1e-6)
+    testing.check_gradients(loss, {"x": x}, {"x": dx}, rtol=1e-6, atol=0)
     assert set(cell.grads) == {"weight_ih", "weight_hh", "bias_ih", "bias_hh"}
 
 
 # -- parity with PyTorch --------------------------------------------------------------------------
-def torch_layer(torch, cell, layer):
-    common = dict(num_layers=layer.num_layers, bidirectional=layer.bidirectional, bias=layer.bias)
-    if cell.startswith("rnn"):
-        m = torch.nn.RNN(layer.input_size, layer.hidden_size, nonlinearity=cell[4:], **common)
-    else:
-        m = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}[cell](layer.input_size, layer.hidden_size, **common)
-    m = m.double() if layer.dtype == np.float64 else m.float()
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
-    return m
+def torch_layer(cell, layer):
+    return testing.torch_recurrent(cell, layer.input_size, layer.hidden_size, layer.state_dict(), layer.dtype,
+                                   num_layers=layer.num_layers, bidirectional=layer.bidirectional, bias=layer.bias,
+                                   batch_first=layer.batch_first)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -144,7 +107,7 @@ def torch_layer(torch, cell, layer):
 @pytest.mark.parametrize("num_layers,bidirectional,use_lengths",
                          [(1, False, False), (2, True, False), (2, False, True), (2, True, True), (1, True, True)])
 def test_parity_with_pytorch(cell, dtype, rtol, num_layers, bidirectional, use_lengths):
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(9)
     T, B, I, H = 6, 4, 5, 7
     layer = make_layer(cell, I, H, num_layers=num_layers, bidirectional=bidirectional, dtype=dtype, seed=10)
@@ -155,47 +118,27 @@ def test_parity_with_pytorch(cell, dtype, rtol, num_layers, bidirectional, use_l
     dfinal = tuple(rng.standard_normal(f.shape).astype(dtype) for f in as_tuple(final))
     layer.zero_grad()
     dx, dstate0 = layer.backward(dy, as_state(layer, dfinal))
-
-    m = torch_layer(torch, cell, layer)
-    xt = torch.tensor(x, requires_grad=True)
-    st = tuple(torch.tensor(s, requires_grad=True) for s in state)
-    inp = xt if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(xt, torch.tensor(lengths), enforce_sorted=False)
-    yt, ft = m(inp, as_state(layer, st))
-    if lengths is not None:
-        yt, _ = torch.nn.utils.rnn.pad_packed_sequence(yt, total_length=T)
-    loss = (yt * torch.from_numpy(dy)).sum() + sum((f * torch.from_numpy(d)).sum() for f, d in zip(as_tuple(ft), dfinal))
-    loss.backward()
-
-    def close(ours, theirs, what):
-        theirs = theirs.detach().numpy()
-        scale = max(np.abs(theirs).max(), 1.0)
-        np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=rtol * scale, err_msg=what)
-
-    close(y, yt, "y")
-    for a, b in zip(as_tuple(final), as_tuple(ft)):
-        close(a, b, "final state")
-    close(dx, xt.grad, "dx")
-    for a, b in zip(as_tuple(dstate0), st):
-        close(a, b.grad, "dstate0")
-    for name, p in m.named_parameters():
-        close(layer.grads[name], p.grad, name)
+    theirs = testing.torch_run(torch_layer(cell, layer), x, state, lengths, dy, dfinal)
+    parts = ("h", "c") if layer.has_cell_state else ("h",)
+    ours = {"y": y, **{f"{p}T": f for p, f in zip(parts, as_tuple(final))}, "dx": dx,
+            **{f"d{p}0": d for p, d in zip(parts, as_tuple(dstate0))}, **layer.grads}
+    assert set(ours) == set(theirs)
+    for name, a in ours.items():
+        scale = max(np.abs(theirs[name]).max(), 1.0)
+        np.testing.assert_allclose(a, theirs[name], rtol=rtol, atol=rtol * scale, err_msg=name)
 
 
 def test_batch_first_and_no_bias_match_pytorch():
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     rng = np.random.default_rng(11)
     layer = rf.GRU(3, 4, num_layers=2, bias=False, batch_first=True, dtype=np.float64, seed=0)
     assert all("bias" not in k for k in layer.params)
     x = rng.standard_normal((2, 5, 3))
     y, h = layer(x)
-    m = torch.nn.GRU(3, 4, num_layers=2, bias=False, batch_first=True).double()
-    m.load_state_dict({k: torch.from_numpy(v) for k, v in layer.state_dict().items()})
-    xt = torch.tensor(x, requires_grad=True)
-    yt, ht = m(xt)
-    yt.sum().backward()
+    theirs = testing.torch_run(torch_layer("gru", layer), x)  # the loss is y.sum()
     dx, _ = layer.backward(np.ones_like(y))
-    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10)
-    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(y, theirs["y"], rtol=1e-10)
+    np.testing.assert_allclose(dx, theirs["dx"], rtol=1e-10)
 
 
 def test_init_follows_pytorch_bounds_and_names():
@@ -225,16 +168,13 @@ def test_dropout_between_layers_trains_and_is_off_in_eval():
     y, _ = layer(x)
     layer.zero_grad()
     layer.backward(np.ones_like(y))
-    w = layer.params["weight_ih_l0"]
-    eps, i = 1e-6, (3, 1)
-    old = w[i]
-    outs = []
-    for v in (old + eps, old - eps):
-        w[i] = v
+
+    def loss():
         layer.set_rng_state({"seed": 5, "stream": 0})
-        outs.append(layer(x)[0].sum())
-    w[i] = old
-    np.testing.assert_allclose(layer.grads["weight_ih_l0"][i], (outs[0] - outs[1]) / (2 * eps), rtol=1e-6)
+        return layer(x)[0].sum()
+
+    testing.check_gradients(loss, {"w": layer.params["weight_ih_l0"]}, {"w": layer.grads["weight_ih_l0"]},
+                            rtol=1e-6, atol=0, entries=[(3, 1)])
 
 
 def test_grads_accumulate_and_zero():
