@@ -35,6 +35,7 @@ import rnnfast as rf
 from rnnfast.bench.scenarios import Scenario, select
 from rnnfast.kernels.cells import cell_named
 from rnnfast.kernels.cpu.gemm import gemm
+from rnnfast.testing import rel_err  # noqa: F401  (the bench's rows import it from here)
 
 try:
     import torch
@@ -133,11 +134,6 @@ def time_alternating(fns: dict, repeats: int, budget_s: float | None = None) -> 
 def paired_ratio(samples, ref, ours) -> float:
     return float(np.median(samples[ref] / samples[ours]))
 
-
-def rel_err(ours, ref) -> float:
-    """max |ours - ref| relative to the largest |ref|."""
-    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
-    return float(np.max(np.abs(ours - ref)) / max(np.max(np.abs(ref)), 1e-30))
 
 
 # -- recurrent layers ---------------------------------------------------------------------------

@@ -9,6 +9,9 @@ Gate order r, z, n (PyTorch's)::
 gate gradients, which differ only in n (by the factor r): backward keeps one (T, B, 3H) array and
 turns the one into the other in place between their GEMMs.
 Steps at or past a sequence's length carry the state unchanged and output zeros.
+
+The specification is kernels/cpu/reference.py (gru_step, gru_step_backward);
+tests/test_reference.py holds these kernels to it. They follow the contract in kernels/README.md.
 """
 import numpy as np
 from numba import njit

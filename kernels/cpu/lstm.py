@@ -10,6 +10,9 @@ The input projection for all T steps is one GEMM before the loop; inside the loo
 recurrent GEMM (``h @ W_hh^T``) plus one fused pointwise pass. Backward mirrors it: a fused
 pointwise pass and one recurrent GEMM per step, then ``dx``, ``dw_ih``, ``dw_hh`` as single GEMMs.
 Steps at or past a sequence's length carry the state unchanged and output zeros.
+
+The specification is kernels/cpu/reference.py (lstm_step, lstm_step_backward);
+tests/test_reference.py holds these kernels to it. They follow the contract in kernels/README.md.
 """
 import numpy as np
 from numba import njit

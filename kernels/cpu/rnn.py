@@ -3,6 +3,9 @@
     h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or relu
 
 Steps at or past a sequence's length carry the state unchanged and output zeros.
+
+The specification is kernels/cpu/reference.py (rnn_step, rnn_step_backward);
+tests/test_reference.py holds these kernels to it. They follow the contract in kernels/README.md.
 """
 import numpy as np
 from numba import njit
