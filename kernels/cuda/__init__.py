@@ -1,9 +1,19 @@
-"""GPU kernels (numba.cuda + CuPy), the kernel contract of DESIGN.md. Imported only when the GPU
-backend is asked for (or by the simulator tests, which drive them with NumPy arrays)."""
+"""GPU kernels (numba.cuda + CuPy), one module per cell, the kernel contract of kernels/README.md.
+Imported only when the GPU backend is asked for (or by the simulator tests, which drive them with
+NumPy arrays)."""
+from functools import partial
+
 from rnnfast.kernels.cuda.gru import gru_backward, gru_forward
 from rnnfast.kernels.cuda.lstm import lstm_backward, lstm_forward
 from rnnfast.kernels.cuda.rnn import rnn_backward, rnn_forward
 
+# cell name (kernels/cells.py) -> (forward, backward), as the contract has them
+KERNELS = {
+    "rnn_tanh": (rnn_forward, rnn_backward),
+    "rnn_relu": (partial(rnn_forward, relu=True), rnn_backward),
+    "lstm": (lstm_forward, lstm_backward),
+    "gru": (gru_forward, gru_backward),
+}
 
 
 def matmul(a, b):
@@ -20,5 +30,5 @@ def embedding_backward(dweight, ids, dy):
     cupy.add.at(dweight, ids.reshape(-1), dy.reshape(-1, dweight.shape[1]))
 
 
-__all__ = ["matmul", "embedding_backward", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
+__all__ = ["KERNELS", "matmul", "embedding_backward", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
            "gru_forward", "gru_backward"]

@@ -23,6 +23,11 @@ The block's matmul ``out (rows, n) = a[b0:b0+rows] (rows, k) @ w (k, n)``:
 Everything here also runs under the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) with NumPy arrays
 in place of CuPy: the simulator runs one block at a time, so the plan there is a single block,
 whose grid barrier is then exact.
+
+:func:`persistent_forward` and :func:`persistent_backward` build those kernels around a cell's
+pointwise step, so a cell file holds only its equations (the ``_forward_step``/``_backward_step``
+of ``kernels/cpu/<cell>.py``, one unit at a time) and its host wrapper. Every cell's kernel has the
+same arguments: outputs, the cell's own arrays as one tuple, inputs, weights, the plan's ints.
 """
 import functools
 import math
@@ -258,6 +263,93 @@ def partial_sum(smem, b, col, rows, k_len, n, kc, ks, w_in_smem):
     return s
 
 
+@cuda.jit(device=True, inline=True)
+def gate_sum(hw, gate):
+    """Gate ``gate``'s entry of ``h W_hh^T`` for the unit and row that ``hw`` names (the forward
+    kernel hands it to the cell's step): the block's columns hold each gate's units side by side
+    (:func:`pack_forward_weights`)."""
+    smem, bb, u, units, rows, k_len, n, kc, ks, w_in_smem = hw
+    return partial_sum(smem, bb, gate * units + u, rows, k_len, n, kc, ks, w_in_smem)
+
+
+def persistent_forward(step):
+    """The forward kernel of a cell: the whole time loop, each step this block's slice of
+    ``h W_hh^T`` and then ``step(y, h, cell, hw, t, b, j, valid, one)`` for each of its units j and
+    batch rows b (``valid``: t is inside row b's length; ``gate_sum(hw, g)`` reads gate g of the
+    product), then a grid barrier before the next step reads h.
+
+    The kernel's arguments: y: (T, B, H); h: (T+1, B, H) with h[0] set; cell: the tuple of the
+    cell's other arrays (and flags) that ``step`` unpacks; lengths: (B,) int32; w: packed W_hh
+    (:func:`pack_forward_weights`); the plan's units, n, rows, kc, ks, w_in_smem; one: 1 in the
+    dtype of h."""
+
+    @cuda.jit
+    def forward(y, h, cell, lengths, w, units, n, rows, kc, ks, w_in_smem, one):
+        smem = cuda.shared.array(0, h.dtype)
+        T, B, H = y.shape
+        load_weights(smem, w, H * n, w_in_smem)
+        grid = cuda.cg.this_grid()
+        u0 = cuda.blockIdx.x * units
+        for t in range(T):
+            for b0 in range(0, B, rows):
+                rows_now = min(rows, B - b0)
+                block_matmul(h[t], b0, rows_now, H, w, n, smem, kc, ks, w_in_smem)
+                for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
+                    bb = idx // units
+                    u = idx - bb * units
+                    j = u0 + u
+                    if j < H:
+                        b = b0 + bb
+                        hw = (smem, bb, u, units, rows_now, H, n, kc, ks, w_in_smem)
+                        step(y, h, cell, hw, t, b, j, t < lengths[b], one)
+            grid.sync()
+
+    return forward
+
+
+def persistent_backward(step):
+    """The backward kernel of a cell: BPTT over the whole time loop, each step first
+    ``step(dh, dgates_h, cell, dy, t, b, j, valid, one)`` for this block's units j and every batch
+    row b, which reads the gradient dh[b, j] that reached the step's output, fills the step's
+    recurrent-side gate gradients dgates_h[t] and leaves in dh[b, j] only what does not pass
+    through W_hh (zero, or the GRU's direct path); then, after a grid barrier, ``dh +=
+    dgates_h[t] @ W_hh`` for this block's units, as the CPU's GEMM adds into dh (rows past a
+    length have zero gate gradients there, so their dh passes through unchanged).
+
+    The kernel's arguments: dh: (B, H), enters as dhT and leaves as dh0; dgates_h: (T, B, G*H);
+    cell: the tuple of the cell's other arrays (and flags) that ``step`` unpacks; dy: (T, B, H);
+    lengths: (B,) int32; w: packed W_hh (:func:`pack_backward_weights`); the plan's ints; one."""
+
+    @cuda.jit
+    def backward(dh, dgates_h, cell, dy, lengths, w, units, n, rows, kc, ks, w_in_smem, one):
+        smem = cuda.shared.array(0, dh.dtype)
+        T, B, H = dy.shape
+        GH = dgates_h.shape[2]
+        load_weights(smem, w, GH * n, w_in_smem)
+        grid = cuda.cg.this_grid()
+        u0 = cuda.blockIdx.x * units
+        for t in range(T - 1, -1, -1):
+            for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+                b = idx // units
+                j = u0 + idx - b * units
+                if j < H:
+                    step(dh, dgates_h, cell, dy, t, b, j, t < lengths[b], one)
+            grid.sync()
+            for b0 in range(0, B, rows):
+                rows_now = min(rows, B - b0)
+                block_matmul(dgates_h[t], b0, rows_now, GH, w, n, smem, kc, ks, w_in_smem)
+                for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
+                    bb = idx // units
+                    u = idx - bb * units
+                    j = u0 + u
+                    if j < H:
+                        dh[b0 + bb, j] += partial_sum(smem, bb, u, rows_now, GH, n, kc, ks, w_in_smem)
+            # The next step's pointwise threads read dh written above by other threads of the block.
+            cuda.syncthreads()
+
+    return backward
+
+
 _COMPILED = {}
 
 
@@ -268,6 +360,14 @@ def _device_array(a):
     return cuda.from_cuda_array_interface(a.__cuda_array_interface__, owner=a, sync=False)
 
 
+def _kernel_arg(a):
+    """An argument as the compiled kernel takes it: CuPy arrays as Numba views, in tuples too (a
+    cell's arrays travel as one tuple; Numba passes its members as separate kernel parameters)."""
+    if isinstance(a, tuple):
+        return tuple(_kernel_arg(v) for v in a)
+    return _device_array(a) if hasattr(a, "__cuda_array_interface__") else a
+
+
 def _stream():
     import cupy
 
@@ -276,7 +376,8 @@ def _stream():
 
 
 def launch(kernel, plan, *args):
-    """Launch ``kernel`` cooperatively as ``plan.blocks`` blocks over ``args`` (arrays and ints).
+    """Launch ``kernel`` cooperatively as ``plan.blocks`` blocks over ``args`` (arrays, ints and tuples
+    of them; the first an array of the kernel's dtype).
 
     On the GPU the compiled kernel is cached per argument types, its shared-memory opt-in (above
     the 48 KB default) is raised once per size, and residency of the whole grid is checked once.
@@ -284,7 +385,7 @@ def launch(kernel, plan, *args):
     if SIMULATOR:
         kernel[plan.blocks, THREADS, 0, plan.smem_bytes(args[0].dtype.itemsize)](*args)
         return
-    args = tuple(_device_array(a) if hasattr(a, "__cuda_array_interface__") else a for a in args)
+    args = tuple(_kernel_arg(a) for a in args)
     smem = plan.smem_bytes(args[0].dtype.itemsize)
     key = (kernel, tuple(typeof(a) for a in args))
     entry = _COMPILED.get(key)
@@ -323,7 +424,6 @@ def int32_lengths(xp, lengths, T, B):
 
 def contiguous(xp, *arrays):
     return tuple(xp.ascontiguousarray(a) for a in arrays)
-
 
 
 def add_into(grads, computed):

@@ -1,4 +1,6 @@
-"""LSTM on the GPU: numba.cuda kernels plus cuBLAS GEMMs through CuPy, forward above backward.
+"""LSTM on the GPU: numba.cuda kernels plus cuBLAS GEMMs through CuPy, forward directly above
+backward. The specification is ``kernels/cpu/reference.py``; the contract (arguments, state
+tuples, ``grads``) is ``kernels/README.md``; names and steps follow ``kernels/cpu/lstm.py``.
 
 Gate order i, f, g, o (PyTorch's)::
 
@@ -7,177 +9,136 @@ Gate order i, f, g, o (PyTorch's)::
     c' = f * c + i * g                             h' = o * tanh(c')
 
 The input projection for all T steps is one GEMM before the loop; the loop is one persistent
-kernel (see ``common``): per step each block multiplies ``h`` by its slice of ``W_hh`` and applies
-the fused pointwise math to its units. Backward mirrors it, then ``dx``, ``dw_ih``, ``dw_hh`` are
-single GEMMs. Steps at or past a sequence's length carry the state unchanged and output zeros.
+kernel (``common.persistent_forward``): per step each block multiplies ``h`` by its slice of
+``W_hh`` and applies :func:`_forward_step` to its units. Backward mirrors it, then ``dx``,
+``dw_ih``, ``dw_hh`` are single GEMMs. Steps at or past a sequence's length carry the state
+unchanged and output zeros.
 """
 from numba import cuda
 
 from rnnfast.kernels.cuda.common import (
     add_into,
     array_module,
-    block_matmul,
     contiguous,
+    gate_sum,
     int32_lengths,
     launch,
-    load_weights,
     make_plan,
     pack_backward_weights,
     pack_forward_weights,
-    partial_sum,
+    persistent_backward,
+    persistent_forward,
     sigmoid,
     tanh,
 )
 
 
 @cuda.jit(device=True, inline=True)
-def _forward_point(gates_t, hw_i, hw_f, hw_g, hw_o, c_prev, h_prev, c_next, h_next, y_t, b, j, valid, one):
-    H = c_prev.shape[1]
+def forward_point(g_row, hw, c_prev_row, c_row, h_row, j, one):
+    """One sequence, one unit j, one step, the cell's equations: g_row (4H) holds W_ih x + b_ih + b_hh
+    on entry and the gates i, f, g, o on exit; hw: this unit's W_hh h (``gate_sum``); writes c_row[j]
+    and h_row[j] (rows (H,)) and returns h_row[j]."""
+    H = h_row.shape[0]
     i_idx, f_idx, g_idx, o_idx = 0, H, 2 * H, 3 * H
+    i = sigmoid(g_row[i_idx + j] + gate_sum(hw, 0), one)
+    f = sigmoid(g_row[f_idx + j] + gate_sum(hw, 1), one)
+    g = tanh(g_row[g_idx + j] + gate_sum(hw, 2))
+    o = sigmoid(g_row[o_idx + j] + gate_sum(hw, 3), one)
+    g_row[i_idx + j] = i
+    g_row[f_idx + j] = f
+    g_row[g_idx + j] = g
+    g_row[o_idx + j] = o
+    c = f * c_prev_row[j] + i * g
+    c_row[j] = c
+    h = o * tanh(c)
+    h_row[j] = h
+    return h
+
+
+@cuda.jit(device=True, inline=True)
+def _forward_step(y, h, cell, hw, t, b, j, valid, one):
+    # cell: c (T+1, B, H) with c[0] set; gates (T, B, 4H), the input projection plus both biases on
+    # entry (the bias rides on the projection, added once for all T outside the sequential loop,
+    # so the kernel reads no bias; the CPU adds it here instead, where its GEMM leaves the gates).
+    c, gates = cell
+    H = h.shape[2]
     if valid:
-        i = sigmoid(gates_t[b, i_idx + j] + hw_i, one)
-        f = sigmoid(gates_t[b, f_idx + j] + hw_f, one)
-        g = tanh(gates_t[b, g_idx + j] + hw_g)
-        o = sigmoid(gates_t[b, o_idx + j] + hw_o, one)
-        gates_t[b, i_idx + j] = i
-        gates_t[b, f_idx + j] = f
-        gates_t[b, g_idx + j] = g
-        gates_t[b, o_idx + j] = o
-        c = f * c_prev[b, j] + i * g
-        c_next[b, j] = c
-        h = o * tanh(c)
-        h_next[b, j] = h
-        y_t[b, j] = h
+        y[t, b, j] = forward_point(gates[t, b], hw, c[t, b], c[t + 1, b], h[t + 1, b], j, one)
     else:
-        c_next[b, j] = c_prev[b, j]
-        h_next[b, j] = h_prev[b, j]
-        y_t[b, j] = 0
-        gates_t[b, i_idx + j] = 0
-        gates_t[b, f_idx + j] = 0
-        gates_t[b, g_idx + j] = 0
-        gates_t[b, o_idx + j] = 0
+        c[t + 1, b, j] = c[t, b, j]
+        h[t + 1, b, j] = h[t, b, j]
+        y[t, b, j] = 0
+        for gate in range(4):
+            gates[t, b, gate * H + j] = 0
 
 
-@cuda.jit
-def _forward(gates, w, h, c, y, lengths, units, n, rows, kc, ks, w_in_smem, one):
-    """gates: (T, B, 4H) input projection plus both biases in, post-activation gates out;
-    w: packed W_hh (see ``pack_forward_weights``); h, c: (T+1, B, H) with h[0], c[0] set;
-    y: (T, B, H); lengths: (B,) int32."""
-    smem = cuda.shared.array(0, h.dtype)
-    T, B, H = y.shape
-    load_weights(smem, w, H * n, w_in_smem)
-    grid = cuda.cg.this_grid()
-    u0 = cuda.blockIdx.x * units
-    for t in range(T):
-        for b0 in range(0, B, rows):
-            rows_now = min(rows, B - b0)
-            block_matmul(h[t], b0, rows_now, H, w, n, smem, kc, ks, w_in_smem)
-            for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
-                bb = idx // units
-                u = idx - bb * units
-                j = u0 + u
-                if j < H:
-                    b = b0 + bb
-                    hw_i = partial_sum(smem, bb, u, rows_now, H, n, kc, ks, w_in_smem)
-                    hw_f = partial_sum(smem, bb, units + u, rows_now, H, n, kc, ks, w_in_smem)
-                    hw_g = partial_sum(smem, bb, 2 * units + u, rows_now, H, n, kc, ks, w_in_smem)
-                    hw_o = partial_sum(smem, bb, 3 * units + u, rows_now, H, n, kc, ks, w_in_smem)
-                    _forward_point(gates[t], hw_i, hw_f, hw_g, hw_o, c[t], h[t], c[t + 1], h[t + 1], y[t],
-                                   b, j, t < lengths[b], one)
-        grid.sync()
+_forward = persistent_forward(_forward_step)
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths=None):
-    """One LSTM layer, one direction, over a whole sequence.
+def lstm_forward(x, state, weights, lengths=None):
+    """One LSTM layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
-    x: (T, B, I); h0, c0: (B, H); w_ih: (4H, I); w_hh: (4H, H); b_ih, b_hh: (4H,);
-    lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), hT, cT: (B, H) and the cache.
+    x: (T, B, I); state: (h0, c0), each (B, H); weights: (w_ih (4H, I), w_hh (4H, H), b_ih (4H,),
+    b_hh (4H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state
+    (hT, cT) and the cache.
     """
+    (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, c0, w_ih, w_hh = contiguous(xp, x, h0, c0, w_ih, w_hh)
     T, B, I = x.shape
     H = h0.shape[1]
-    gates = (x.reshape(T * B, I) @ w_ih.T + (b_ih + b_hh)).reshape(T, B, 4 * H)
+    y = xp.empty((T, B, H), dtype=x.dtype)
     h = xp.empty((T + 1, B, H), dtype=x.dtype)
     c = xp.empty((T + 1, B, H), dtype=x.dtype)
+    gates = (x.reshape(T * B, I) @ w_ih.T + (b_ih + b_hh)).reshape(T, B, 4 * H)  # post-activation i, f, g, o
     h[0] = h0
     c[0] = c0
-    y = xp.empty((T, B, H), dtype=x.dtype)
     lengths = int32_lengths(xp, lengths, T, B)
     plan = make_plan(B, H, 4, H, x.dtype.itemsize)
-    w = pack_forward_weights(xp, w_hh, 4, plan)
-    launch(_forward, plan, gates, w, h, c, y, lengths,
+    launch(_forward, plan, y, h, (c, gates), lengths, pack_forward_weights(xp, w_hh, 4, plan),
            plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
     cache = (x, w_ih, w_hh, lengths, h, c, gates)
-    return y, h[T].copy(), c[T].copy(), cache
+    return y, (h[T].copy(), c[T].copy()), cache
 
 
 @cuda.jit(device=True, inline=True)
-def _backward_point(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, b, j, valid, one):
+def _backward_step(dh, dgates, cell, dy, t, b, j, valid, one):
+    # cell: dc (B, H), entering as dcT and leaving as dc0; gates (T, B, 4H) post-activation; c (T+1,
+    # B, H). Fills dgates[t] with the pre-activation gate gradients d_i, d_f, d_g, d_o (the same
+    # meaning as on the CPU): first through h' = o * tanh(c') into dc, then through c' = f * c + i * g.
+    dc, gates, c = cell
     H = dh.shape[1]
     i_idx, f_idx, g_idx, o_idx = 0, H, 2 * H, 3 * H
     if valid:
-        i = gates_t[b, i_idx + j]
-        f = gates_t[b, f_idx + j]
-        g = gates_t[b, g_idx + j]
-        o = gates_t[b, o_idx + j]
-        dh_j = dh[b, j] + dy_t[b, j]
-        tanh_c = tanh(c_next[b, j])
+        i = gates[t, b, i_idx + j]
+        f = gates[t, b, f_idx + j]
+        g = gates[t, b, g_idx + j]
+        o = gates[t, b, o_idx + j]
+        dh_j = dh[b, j] + dy[t, b, j]
+        tanh_c = tanh(c[t + 1, b, j])
         dc_j = dc[b, j] + dh_j * o * (one - tanh_c * tanh_c)
-        di = dc_j * g
-        df = dc_j * c_prev[b, j]
-        dg = dc_j * i
-        do = dh_j * tanh_c
+        dgates[t, b, o_idx + j] = dh_j * tanh_c * o * (one - o)
+        dh[b, j] = 0  # used up; the recurrent GEMM adds the gradient for the step before
+        dgates[t, b, i_idx + j] = dc_j * g * i * (one - i)
+        dgates[t, b, f_idx + j] = dc_j * c[t, b, j] * f * (one - f)
+        dgates[t, b, g_idx + j] = dc_j * i * (one - g * g)
         dc[b, j] = dc_j * f
-        dgates_t[b, i_idx + j] = di * i * (one - i)
-        dgates_t[b, f_idx + j] = df * f * (one - f)
-        dgates_t[b, g_idx + j] = dg * (one - g * g)
-        dgates_t[b, o_idx + j] = do * o * (one - o)
     else:
-        dgates_t[b, i_idx + j] = 0
-        dgates_t[b, f_idx + j] = 0
-        dgates_t[b, g_idx + j] = 0
-        dgates_t[b, o_idx + j] = 0
+        for gate in range(4):
+            dgates[t, b, gate * H + j] = 0
 
 
-@cuda.jit
-def _backward(dy, dh, dc, gates, c, w, lengths, dgates, units, n, rows, kc, ks, w_in_smem, one):
-    """Fills dgates: (T, B, 4H) step by step. dy: (T, B, H); dh, dc: (B, H) enter as dhT, dcT and
-    leave as dh0, dc0; gates: (T, B, 4H) post-activation; c: (T+1, B, H); w: packed W_hh (see
-    ``pack_backward_weights``); lengths: (B,) int32."""
-    smem = cuda.shared.array(0, dh.dtype)
-    T, B, H = dy.shape
-    load_weights(smem, w, 4 * H * n, w_in_smem)
-    grid = cuda.cg.this_grid()
-    u0 = cuda.blockIdx.x * units
-    for t in range(T - 1, -1, -1):
-        for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = idx // units
-            j = u0 + idx - b * units
-            if j < H:
-                _backward_point(dgates[t], dy[t], dh, dc, gates[t], c[t], c[t + 1], b, j, t < lengths[b], one)
-        grid.sync()
-        for b0 in range(0, B, rows):
-            rows_now = min(rows, B - b0)
-            block_matmul(dgates[t], b0, rows_now, 4 * H, w, n, smem, kc, ks, w_in_smem)
-            for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
-                bb = idx // units
-                u = idx - bb * units
-                j = u0 + u
-                b = b0 + bb
-                if j < H and t < lengths[b]:
-                    dh[b, j] = partial_sum(smem, bb, u, rows_now, 4 * H, n, kc, ks, w_in_smem)
-        # The next step's pointwise threads read dh written above by other threads of the block.
-        cuda.syncthreads()
+_backward = persistent_backward(_backward_step)
 
 
-def lstm_backward(dy, dhT, dcT, cache, grads=None):
+def lstm_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`lstm_forward`.
 
-    dy: (T, B, H); dhT, dcT: (B, H) or None; grads: None, or
-    (dw_ih, dw_hh, db_ih, db_hh) to add into, as on the CPU. Returns dx: (T, B, I), dh0, dc0: (B, H),
-    dw_ih: (4H, I), dw_hh: (4H, H), db_ih, db_hh: (4H,).
+    dy: (T, B, H); dstate: (dhT, dcT), each (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
+    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0, dc0) and (dw_ih (4H, I),
+    dw_hh (4H, H), db_ih, db_hh (4H,)) (with ``grads``: those arrays, added into).
     """
+    dhT, dcT = dstate
     x, w_ih, w_hh, lengths, h, c, gates = cache
     xp = array_module(x)
     T, B, I = x.shape
@@ -187,12 +148,12 @@ def lstm_backward(dy, dhT, dcT, cache, grads=None):
     dc = xp.zeros((B, H), x.dtype) if dcT is None else xp.array(dcT, dtype=x.dtype)
     dgates = xp.empty((T, B, 4 * H), dtype=x.dtype)
     plan = make_plan(B, H, 1, 4 * H, x.dtype.itemsize)
-    w = pack_backward_weights(xp, w_hh, plan)
-    launch(_backward, plan, dy, dh, dc, gates, c, w, lengths, dgates,
+    launch(_backward, plan, dh, dgates, (dc, gates, c), dy, lengths, pack_backward_weights(xp, w_hh, plan),
            plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+    # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dg2 = dgates.reshape(T * B, 4 * H)
     dx = (dg2 @ w_ih).reshape(T, B, I)
     dw_ih = dg2.T @ x.reshape(T * B, I)
     dw_hh = dg2.T @ h[:T].reshape(T * B, H)
     db = dg2.sum(axis=0)
-    return (dx, dh, dc, *add_into(grads, (dw_ih, dw_hh, db, db.copy())))
+    return dx, (dh, dc), add_into(grads, (dw_ih, dw_hh, db, db.copy()))

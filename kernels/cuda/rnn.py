@@ -1,141 +1,112 @@
-"""Elman RNN on the GPU: numba.cuda kernels plus cuBLAS GEMMs through CuPy, forward above backward.
+"""Elman RNN on the GPU: numba.cuda kernels plus cuBLAS GEMMs through CuPy, forward directly above
+backward. The specification is ``kernels/cpu/reference.py``; the contract (arguments, state
+tuples, ``grads``) is ``kernels/README.md``; names and steps follow ``kernels/cpu/rnn.py``.
 
     h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or relu
 
-The input projection for all T steps is one GEMM before the loop; the loop is one persistent
-kernel per pass (see ``common``). Steps at or past a sequence's length carry the state unchanged
-and output zeros.
+The input projection for all T steps is one GEMM before the loop, into ``h[1:]`` as on the CPU;
+the loop is one persistent kernel per pass (``common``). Steps at or past a sequence's length
+carry the state unchanged and output zeros.
 """
 from numba import cuda
 
 from rnnfast.kernels.cuda.common import (
     add_into,
     array_module,
-    block_matmul,
     contiguous,
+    gate_sum,
     int32_lengths,
     launch,
-    load_weights,
     make_plan,
     pack_backward_weights,
     pack_forward_weights,
-    partial_sum,
+    persistent_backward,
+    persistent_forward,
     tanh,
 )
 
-NONLINEARITIES = {"tanh": 0, "relu": 1}
+
+@cuda.jit(device=True, inline=True)
+def forward_point(pre_row, hw, h_row, j, relu, zero):
+    """One sequence, one unit j, one step, the cell's equation: h_row[j] = act(pre_row[j] + W_hh h),
+    pre_row (H,) holding W_ih x + b_ih + b_hh (it may be h_row itself), hw this unit's W_hh h
+    (``gate_sum``); act is relu or tanh. Returns h_row[j]."""
+    a = pre_row[j] + gate_sum(hw, 0)
+    h = max(a, zero) if relu else tanh(a)
+    h_row[j] = h
+    return h
 
 
 @cuda.jit(device=True, inline=True)
-def _forward_point(pre_t, hw, h_prev, h_next, y_t, b, j, valid, relu, zero):
+def _forward_step(y, h, cell, hw, t, b, j, valid, one):
+    # cell: (relu,). h[t + 1] holds the input projection plus both biases on entry and the state on
+    # exit. The bias rides on the projection (added once for all T outside the sequential loop, so
+    # the kernel reads no bias); the CPU adds it here instead, where its GEMM leaves h[t + 1].
+    (relu,) = cell
     if valid:
-        a = pre_t[b, j] + hw
-        h = max(a, zero) if relu else tanh(a)
-        h_next[b, j] = h
-        y_t[b, j] = h
+        y[t, b, j] = forward_point(h[t + 1, b], hw, h[t + 1, b], j, relu, one - one)
     else:
-        h_next[b, j] = h_prev[b, j]
-        y_t[b, j] = 0
+        h[t + 1, b, j] = h[t, b, j]
+        y[t, b, j] = 0
 
 
-@cuda.jit
-def _forward(pre, w, h, y, lengths, relu, units, n, rows, kc, ks, w_in_smem, zero):
-    """pre: (T, B, H) input projection plus both biases; w: packed W_hh (see
-    ``pack_forward_weights``); h: (T+1, B, H) with h[0] set; y: (T, B, H); lengths: (B,) int32."""
-    smem = cuda.shared.array(0, h.dtype)
-    T, B, H = y.shape
-    load_weights(smem, w, H * n, w_in_smem)
-    grid = cuda.cg.this_grid()
-    u0 = cuda.blockIdx.x * units
-    for t in range(T):
-        for b0 in range(0, B, rows):
-            rows_now = min(rows, B - b0)
-            block_matmul(h[t], b0, rows_now, H, w, n, smem, kc, ks, w_in_smem)
-            for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
-                bb = idx // units
-                u = idx - bb * units
-                j = u0 + u
-                if j < H:
-                    b = b0 + bb
-                    hw = partial_sum(smem, bb, u, rows_now, H, n, kc, ks, w_in_smem)
-                    _forward_point(pre[t], hw, h[t], h[t + 1], y[t], b, j, t < lengths[b], relu, zero)
-        grid.sync()
+_forward = persistent_forward(_forward_step)
 
 
-def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lengths=None, nonlinearity="tanh"):
-    """One RNN layer, one direction, over a whole sequence.
+def rnn_forward(x, state, weights, lengths=None, relu=False):
+    """One RNN layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
-    x: (T, B, I); h0: (B, H); w_ih: (H, I); w_hh: (H, H); b_ih, b_hh: (H,);
-    lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), hT: (B, H) and the cache.
+    x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (H, I), w_hh (H, H), b_ih (H,),
+    b_hh (H,)); lengths: (B,) ints in 1..T or None; relu: the ``rnn_relu`` cell, else ``rnn_tanh``.
+    Returns y: (T, B, H), the final state (hT,) and the cache.
     """
+    (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, w_ih, w_hh = contiguous(xp, x, h0, w_ih, w_hh)
-    relu = NONLINEARITIES[nonlinearity]
+    relu = bool(relu)
     T, B, I = x.shape
     H = h0.shape[1]
-    pre = (x.reshape(T * B, I) @ w_ih.T + (b_ih + b_hh)).reshape(T, B, H)
-    h = xp.empty((T + 1, B, H), dtype=x.dtype)
-    h[0] = h0
     y = xp.empty((T, B, H), dtype=x.dtype)
+    h = xp.empty((T + 1, B, H), dtype=x.dtype)
+    xp.matmul(x.reshape(T * B, I), w_ih.T, out=h[1:].reshape(T * B, H))
+    h[1:] += b_ih + b_hh
+    h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    w = pack_forward_weights(xp, w_hh, 1, plan)
-    launch(_forward, plan, pre, w, h, y, lengths, relu,
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(0))
+    launch(_forward, plan, y, h, (relu,), lengths, pack_forward_weights(xp, w_hh, 1, plan),
+           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
     cache = (x, w_ih, w_hh, lengths, h, relu)
-    return y, h[T].copy(), cache
+    return y, (h[T].copy(),), cache
 
 
 @cuda.jit(device=True, inline=True)
-def _backward_point(dpre_t, dy_t, dh, h_next, b, j, valid, relu, one, zero):
+def _backward_step(dh, dpre, cell, dy, t, b, j, valid, one):
+    # cell: (h (T+1, B, H), relu). Fills dpre[t], the pre-activation gradients, as on the CPU.
+    h, relu = cell
+    zero = one - one
     if valid:
-        dh_j = dh[b, j] + dy_t[b, j]
-        h = h_next[b, j]
+        dh_j = dh[b, j] + dy[t, b, j]
+        h_j = h[t + 1, b, j]
         if relu:
-            dpre_t[b, j] = dh_j if h > zero else zero
+            dpre[t, b, j] = dh_j if h_j > zero else zero
         else:
-            dpre_t[b, j] = dh_j * (one - h * h)
+            dpre[t, b, j] = dh_j * (one - h_j * h_j)
+        dh[b, j] = 0  # used up; the recurrent GEMM adds the gradient for the step before
     else:
-        dpre_t[b, j] = 0
+        dpre[t, b, j] = 0
 
 
-@cuda.jit
-def _backward(dy, dh, h, w, lengths, dpre, relu, units, n, rows, kc, ks, w_in_smem, one, zero):
-    """Fills dpre: (T, B, H) step by step. dy: (T, B, H); dh: (B, H) enters as dhT and leaves as
-    dh0; h: (T+1, B, H); w: packed W_hh (see ``pack_backward_weights``); lengths: (B,) int32."""
-    smem = cuda.shared.array(0, dh.dtype)
-    T, B, H = dy.shape
-    load_weights(smem, w, H * n, w_in_smem)
-    grid = cuda.cg.this_grid()
-    u0 = cuda.blockIdx.x * units
-    for t in range(T - 1, -1, -1):
-        for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
-            b = idx // units
-            j = u0 + idx - b * units
-            if j < H:
-                _backward_point(dpre[t], dy[t], dh, h[t + 1], b, j, t < lengths[b], relu, one, zero)
-        grid.sync()
-        for b0 in range(0, B, rows):
-            rows_now = min(rows, B - b0)
-            block_matmul(dpre[t], b0, rows_now, H, w, n, smem, kc, ks, w_in_smem)
-            for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
-                bb = idx // units
-                u = idx - bb * units
-                j = u0 + u
-                b = b0 + bb
-                if j < H and t < lengths[b]:
-                    dh[b, j] = partial_sum(smem, bb, u, rows_now, H, n, kc, ks, w_in_smem)
-        # The next step's pointwise threads read dh written above by other threads of the block.
-        cuda.syncthreads()
+_backward = persistent_backward(_backward_step)
 
 
-def rnn_backward(dy, dhT, cache, grads=None):
+def rnn_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`rnn_forward`.
 
-    dy: (T, B, H); dhT: (B, H) or None; grads: None, or
-    (dw_ih, dw_hh, db_ih, db_hh) to add into, as on the CPU. Returns dx: (T, B, I), dh0: (B, H), dw_ih: (H, I),
-    dw_hh: (H, H), db_ih, db_hh: (H,).
+    dy: (T, B, H); dstate: (dhT,) with dhT (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
+    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (H, I),
+    dw_hh (H, H), db_ih, db_hh (H,)) (with ``grads``: those arrays, added into).
     """
+    (dhT,) = dstate
     x, w_ih, w_hh, lengths, h, relu = cache
     xp = array_module(x)
     T, B, I = x.shape
@@ -144,12 +115,12 @@ def rnn_backward(dy, dhT, cache, grads=None):
     dh = xp.zeros((B, H), x.dtype) if dhT is None else xp.array(dhT, dtype=x.dtype)
     dpre = xp.empty((T, B, H), dtype=x.dtype)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    w = pack_backward_weights(xp, w_hh, plan)
-    launch(_backward, plan, dy, dh, h, w, lengths, dpre, relu,
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1), x.dtype.type(0))
+    launch(_backward, plan, dh, dpre, (h, relu), dy, lengths, pack_backward_weights(xp, w_hh, plan),
+           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+    # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dp2 = dpre.reshape(T * B, H)
     dx = (dp2 @ w_ih).reshape(T, B, I)
     dw_ih = dp2.T @ x.reshape(T * B, I)
     dw_hh = dp2.T @ h[:T].reshape(T * B, H)
     db = dp2.sum(axis=0)
-    return (dx, dh, *add_into(grads, (dw_ih, dw_hh, db, db.copy())))
+    return dx, (dh,), add_into(grads, (dw_ih, dw_hh, db, db.copy()))
