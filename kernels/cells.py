@@ -43,6 +43,13 @@ CELLS = {c.name: c for c in (
 KINDS = ("rnn", "lstm", "gru")
 
 
+def state_grads(dstate, shape, dtype, xp) -> tuple:
+    """The state gradients a backward kernel starts from, one writable (B, H) array per part of
+    ``dstate`` (the contract's tuple): a copy of the given array, or zeros for None. ``xp`` is the
+    backend's array module."""
+    return tuple(xp.zeros(shape, dtype) if d is None else xp.array(d, dtype=dtype) for d in dstate)
+
+
 def cell_named(name: str, nonlinearity: str = "tanh") -> Cell:
     """The table entry for ``name``: a cell name, or a kind ("rnn" takes ``nonlinearity``); any case."""
     key = name.lower()

@@ -42,7 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _safetensors_bytes
 
 from rnnfast.backend import to_numpy
-from rnnfast.errors import CheckpointError
+from rnnfast.errors import CheckpointError, existing_file
 from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
 
 FORMAT = "rnnfast-checkpoint"
@@ -114,11 +114,7 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     A missing, truncated or corrupt file, a safetensors file that rnnfast did not write, or one
     from a newer format version is a CheckpointError that says what to do.
     """
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}; check the path")
-    if path.is_dir():
-        raise CheckpointError(f"{path} is a directory; pass the checkpoint file inside it (*.safetensors)")
+    path = existing_file(path, CheckpointError, "checkpoint", "the checkpoint file inside it (*.safetensors)")
     try:
         with safe_open(path, framework="np") as f:
             header = f.metadata() or {}

@@ -1,4 +1,5 @@
 """Errors a user can cause. The CLI prints these as one line and exits non-zero."""
+from pathlib import Path
 
 
 class RnnfastError(Exception):
@@ -15,3 +16,15 @@ class CheckpointError(RnnfastError, ValueError):
 
 class NonFiniteLossError(RnnfastError, FloatingPointError):
     """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
+
+
+def existing_file(path, error: type, what: str = "file", inside: str = "a file inside it") -> Path:
+    """path as a Path, checked to be a file that exists; else ``error`` (an RnnfastError class) with
+    one line that says what to pass (``what``: the file's kind; ``inside``: what to pass when it is a
+    directory)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{what} not found: {path}; check the path")
+    if path.is_dir():
+        raise error(f"{path} is a directory; pass {inside}")
+    return path

@@ -36,21 +36,22 @@ class Module:
         return child
 
     # -- parameters and gradients -------------------------------------------------------------
+    def _tree(self, own: str) -> dict:
+        """This module's ``own`` dict ("_params" or "_grads") and its children's, with dotted names."""
+        out = dict(getattr(self, own))
+        for cname, child in self._children.items():
+            out.update({f"{cname}.{k}": v for k, v in child._tree(own).items()})
+        return out
+
     @property
     def params(self) -> dict:
         """All parameters, dotted names for children's (a fresh dict; the arrays are shared)."""
-        out = dict(self._params)
-        for cname, child in self._children.items():
-            out.update({f"{cname}.{k}": v for k, v in child.params.items()})
-        return out
+        return self._tree("_params")
 
     @property
     def grads(self) -> dict:
         """Gradients with the same names as :attr:`params`."""
-        out = dict(self._grads)
-        for cname, child in self._children.items():
-            out.update({f"{cname}.{k}": v for k, v in child.grads.items()})
-        return out
+        return self._tree("_grads")
 
     def zero_grad(self) -> None:
         for g in self._grads.values():

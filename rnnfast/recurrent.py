@@ -66,8 +66,11 @@ class _Recurrent(Module):
     cell = "rnn"  # the kind: "rnn", "lstm" or "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity="tanh"):
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity=None):
         super().__init__()
+        if nonlinearity is not None and self.cell != "rnn":
+            raise TypeError(f"{type(self).__name__} has no nonlinearity option")
+        nonlinearity = "tanh" if nonlinearity is None else nonlinearity
         _check_size("input_size", input_size)
         _check_size("hidden_size", hidden_size)
         _check_size("num_layers", num_layers)
@@ -291,21 +294,11 @@ class LSTM(_Recurrent):
 
     cell = "lstm"
 
-    def __init__(self, *args, **kwargs):
-        if "nonlinearity" in kwargs:
-            raise TypeError("LSTM has no nonlinearity option")
-        super().__init__(*args, **kwargs)
-
 
 class GRU(_Recurrent):
     """GRU, gate order r, z, n: ``n = tanh(W_in x + b_in + r*(W_hn h + b_hn))``, ``h' = (1-z)*n + z*h``."""
 
     cell = "gru"
-
-    def __init__(self, *args, **kwargs):
-        if "nonlinearity" in kwargs:
-            raise TypeError("GRU has no nonlinearity option")
-        super().__init__(*args, **kwargs)
 
 
 class _Cell(Module):

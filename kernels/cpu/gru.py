@@ -16,6 +16,7 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
+from rnnfast.kernels.cells import state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
@@ -152,12 +153,11 @@ def gru_backward(dy, dstate, cache, grads=None):
     db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (3H, I),
     dw_hh (3H, H), db_ih, db_hh (3H,)) (with ``grads``: those arrays, added into).
     """
-    (dhT,) = dstate
     x, w_ih, w_hh, lengths, h, gates, hn = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
+    (dh,) = state_grads(dstate, (B, H), x.dtype, np)
     dgates = np.empty((T, B, 3 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, gates, hn, dgates, np.empty((B, 3 * H), x.dtype))

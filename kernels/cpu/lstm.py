@@ -17,6 +17,7 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
+from rnnfast.kernels.cells import state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
@@ -151,13 +152,11 @@ def lstm_backward(dy, dstate, cache, grads=None):
     db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0, dc0) and (dw_ih (4H, I),
     dw_hh (4H, H), db_ih, db_hh (4H,)) (with ``grads``: those arrays, added into).
     """
-    dhT, dcT = dstate
     x, w_ih, w_hh, lengths, h, c, gates = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
-    dh = np.zeros((B, H), x.dtype) if dhT is None else np.array(dhT, dtype=x.dtype)
-    dc = np.zeros((B, H), x.dtype) if dcT is None else np.array(dcT, dtype=x.dtype)
+    dh, dc = state_grads(dstate, (B, H), x.dtype, np)
     dgates = np.empty((T, B, 4 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, gates, dgates)

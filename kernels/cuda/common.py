@@ -79,6 +79,11 @@ class Plan:
     def smem_bytes(self, itemsize):
         return self.smem_words * itemsize
 
+    @property
+    def kernel_ints(self):
+        """The fields a persistent kernel takes after its own arguments, in their order."""
+        return self.units, self.n, self.rows, self.kc, self.ks, self.w_in_smem
+
 
 def _smem_words(k, n, rows, kc, ks, w_in_smem):
     rows_pad = _ceil(rows, TB) * TB
@@ -280,11 +285,11 @@ def persistent_forward(step):
 
     The kernel's arguments: y: (T, B, H); h: (T+1, B, H) with h[0] set; cell: the tuple of the
     cell's other arrays (and flags) that ``step`` unpacks; lengths: (B,) int32; w: packed W_hh
-    (:func:`pack_forward_weights`); the plan's units, n, rows, kc, ks, w_in_smem; one: 1 in the
-    dtype of h."""
+    (:func:`pack_forward_weights`); one: 1 in the dtype of h; then the plan's ``kernel_ints``
+    (units, n, rows, kc, ks, w_in_smem), which :func:`launch` appends."""
 
     @cuda.jit
-    def forward(y, h, cell, lengths, w, units, n, rows, kc, ks, w_in_smem, one):
+    def forward(y, h, cell, lengths, w, one, units, n, rows, kc, ks, w_in_smem):
         smem = cuda.shared.array(0, h.dtype)
         T, B, H = y.shape
         load_weights(smem, w, H * n, w_in_smem)
@@ -318,10 +323,11 @@ def persistent_backward(step):
 
     The kernel's arguments: dh: (B, H), enters as dhT and leaves as dh0; dgates_h: (T, B, G*H);
     cell: the tuple of the cell's other arrays (and flags) that ``step`` unpacks; dy: (T, B, H);
-    lengths: (B,) int32; w: packed W_hh (:func:`pack_backward_weights`); the plan's ints; one."""
+    lengths: (B,) int32; w: packed W_hh (:func:`pack_backward_weights`); one; the plan's
+    ``kernel_ints``, which :func:`launch` appends."""
 
     @cuda.jit
-    def backward(dh, dgates_h, cell, dy, lengths, w, units, n, rows, kc, ks, w_in_smem, one):
+    def backward(dh, dgates_h, cell, dy, lengths, w, one, units, n, rows, kc, ks, w_in_smem):
         smem = cuda.shared.array(0, dh.dtype)
         T, B, H = dy.shape
         GH = dgates_h.shape[2]
@@ -377,11 +383,12 @@ def _stream():
 
 def launch(kernel, plan, *args):
     """Launch ``kernel`` cooperatively as ``plan.blocks`` blocks over ``args`` (arrays, ints and tuples
-    of them; the first an array of the kernel's dtype).
+    of them; the first an array of the kernel's dtype) followed by the plan's ``kernel_ints``.
 
     On the GPU the compiled kernel is cached per argument types, its shared-memory opt-in (above
     the 48 KB default) is raised once per size, and residency of the whole grid is checked once.
     """
+    args = args + plan.kernel_ints
     if SIMULATOR:
         kernel[plan.blocks, THREADS, 0, plan.smem_bytes(args[0].dtype.itemsize)](*args)
         return

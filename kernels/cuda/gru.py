@@ -17,21 +17,9 @@ output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cuda.common import (
-    add_into,
-    array_module,
-    contiguous,
-    gate_sum,
-    int32_lengths,
-    launch,
-    make_plan,
-    pack_backward_weights,
-    pack_forward_weights,
-    persistent_backward,
-    persistent_forward,
-    sigmoid,
-    tanh,
-)
+from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
+    make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, sigmoid, tanh)
 
 
 @cuda.jit(device=True, inline=True)
@@ -75,12 +63,9 @@ _forward = persistent_forward(_forward_step)
 
 
 def gru_forward(x, state, weights, lengths=None):
-    """One GRU layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
-
-    x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (3H, I), w_hh (3H, H), b_ih (3H,),
-    b_hh (3H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state (hT,)
-    and the cache.
-    """
+    """One GRU layer, one direction, over a whole sequence: the GPU twin of
+    :func:`rnnfast.kernels.cpu.gru.gru_forward`, with the same arguments and results
+    (kernels/README.md), on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, w_ih, w_hh, b_hh = contiguous(xp, x, h0, w_ih, w_hh, b_hh)
@@ -93,8 +78,7 @@ def gru_forward(x, state, weights, lengths=None):
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
     plan = make_plan(B, H, 3, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (gates, hn, b_hh), lengths, pack_forward_weights(xp, w_hh, 3, plan),
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+    launch(_forward, plan, y, h, (gates, hn, b_hh), lengths, pack_forward_weights(xp, w_hh, 3, plan), x.dtype.type(1))
     cache = (x, w_ih, w_hh, lengths, h, gates, hn)
     return y, (h[T].copy(),), cache
 
@@ -132,24 +116,20 @@ _backward = persistent_backward(_backward_step)
 
 
 def gru_backward(dy, dstate, cache, grads=None):
-    """BPTT through :func:`gru_forward`.
-
-    dy: (T, B, H); dstate: (dhT,) with dhT (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
-    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (3H, I),
-    dw_hh (3H, H), db_ih, db_hh (3H,)) (with ``grads``: those arrays, added into).
-    """
-    (dhT,) = dstate
+    """BPTT through :func:`gru_forward`: the GPU twin of
+    :func:`rnnfast.kernels.cpu.gru.gru_backward`, with the same arguments and results
+    (kernels/README.md), on CuPy arrays."""
     x, w_ih, w_hh, lengths, h, gates, hn = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-    dh = xp.zeros((B, H), x.dtype) if dhT is None else xp.array(dhT, dtype=x.dtype)
+    (dh,) = state_grads(dstate, (B, H), x.dtype, xp)
     dgates_x = xp.empty((T, B, 3 * H), dtype=x.dtype)
     dgates_h = xp.empty((T, B, 3 * H), dtype=x.dtype)
     plan = make_plan(B, H, 1, 3 * H, x.dtype.itemsize)
     launch(_backward, plan, dh, dgates_h, (dgates_x, gates, hn, h), dy, lengths, pack_backward_weights(xp, w_hh, plan),
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+           x.dtype.type(1))
     # dx, dW_ih, db_ih from the input side's gate gradients, dW_hh, db_hh from the recurrent side's
     dgx2 = dgates_x.reshape(T * B, 3 * H)
     dgh2 = dgates_h.reshape(T * B, 3 * H)

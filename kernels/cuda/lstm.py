@@ -16,21 +16,9 @@ unchanged and output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cuda.common import (
-    add_into,
-    array_module,
-    contiguous,
-    gate_sum,
-    int32_lengths,
-    launch,
-    make_plan,
-    pack_backward_weights,
-    pack_forward_weights,
-    persistent_backward,
-    persistent_forward,
-    sigmoid,
-    tanh,
-)
+from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
+    make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, sigmoid, tanh)
 
 
 @cuda.jit(device=True, inline=True)
@@ -76,12 +64,9 @@ _forward = persistent_forward(_forward_step)
 
 
 def lstm_forward(x, state, weights, lengths=None):
-    """One LSTM layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
-
-    x: (T, B, I); state: (h0, c0), each (B, H); weights: (w_ih (4H, I), w_hh (4H, H), b_ih (4H,),
-    b_hh (4H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state
-    (hT, cT) and the cache.
-    """
+    """One LSTM layer, one direction, over a whole sequence: the GPU twin of
+    :func:`rnnfast.kernels.cpu.lstm.lstm_forward`, with the same arguments and results
+    (kernels/README.md), on CuPy arrays."""
     (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, c0, w_ih, w_hh = contiguous(xp, x, h0, c0, w_ih, w_hh)
@@ -95,8 +80,7 @@ def lstm_forward(x, state, weights, lengths=None):
     c[0] = c0
     lengths = int32_lengths(xp, lengths, T, B)
     plan = make_plan(B, H, 4, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (c, gates), lengths, pack_forward_weights(xp, w_hh, 4, plan),
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+    launch(_forward, plan, y, h, (c, gates), lengths, pack_forward_weights(xp, w_hh, 4, plan), x.dtype.type(1))
     cache = (x, w_ih, w_hh, lengths, h, c, gates)
     return y, (h[T].copy(), c[T].copy()), cache
 
@@ -132,24 +116,19 @@ _backward = persistent_backward(_backward_step)
 
 
 def lstm_backward(dy, dstate, cache, grads=None):
-    """BPTT through :func:`lstm_forward`.
-
-    dy: (T, B, H); dstate: (dhT, dcT), each (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
-    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0, dc0) and (dw_ih (4H, I),
-    dw_hh (4H, H), db_ih, db_hh (4H,)) (with ``grads``: those arrays, added into).
-    """
-    dhT, dcT = dstate
+    """BPTT through :func:`lstm_forward`: the GPU twin of
+    :func:`rnnfast.kernels.cpu.lstm.lstm_backward`, with the same arguments and results
+    (kernels/README.md), on CuPy arrays."""
     x, w_ih, w_hh, lengths, h, c, gates = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-    dh = xp.zeros((B, H), x.dtype) if dhT is None else xp.array(dhT, dtype=x.dtype)
-    dc = xp.zeros((B, H), x.dtype) if dcT is None else xp.array(dcT, dtype=x.dtype)
+    dh, dc = state_grads(dstate, (B, H), x.dtype, xp)
     dgates = xp.empty((T, B, 4 * H), dtype=x.dtype)
     plan = make_plan(B, H, 1, 4 * H, x.dtype.itemsize)
     launch(_backward, plan, dh, dgates, (dc, gates, c), dy, lengths, pack_backward_weights(xp, w_hh, plan),
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+           x.dtype.type(1))
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dg2 = dgates.reshape(T * B, 4 * H)
     dx = (dg2 @ w_ih).reshape(T, B, I)

@@ -10,20 +10,9 @@ carry the state unchanged and output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cuda.common import (
-    add_into,
-    array_module,
-    contiguous,
-    gate_sum,
-    int32_lengths,
-    launch,
-    make_plan,
-    pack_backward_weights,
-    pack_forward_weights,
-    persistent_backward,
-    persistent_forward,
-    tanh,
-)
+from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
+    make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, tanh)
 
 
 @cuda.jit(device=True, inline=True)
@@ -54,12 +43,9 @@ _forward = persistent_forward(_forward_step)
 
 
 def rnn_forward(x, state, weights, lengths=None, relu=False):
-    """One RNN layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
-
-    x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (H, I), w_hh (H, H), b_ih (H,),
-    b_hh (H,)); lengths: (B,) ints in 1..T or None; relu: the ``rnn_relu`` cell, else ``rnn_tanh``.
-    Returns y: (T, B, H), the final state (hT,) and the cache.
-    """
+    """One RNN layer, one direction, over a whole sequence: the GPU twin of
+    :func:`rnnfast.kernels.cpu.rnn.rnn_forward`, with the same arguments and results
+    (kernels/README.md), on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, w_ih, w_hh = contiguous(xp, x, h0, w_ih, w_hh)
@@ -73,8 +59,7 @@ def rnn_forward(x, state, weights, lengths=None, relu=False):
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (relu,), lengths, pack_forward_weights(xp, w_hh, 1, plan),
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+    launch(_forward, plan, y, h, (relu,), lengths, pack_forward_weights(xp, w_hh, 1, plan), x.dtype.type(1))
     cache = (x, w_ih, w_hh, lengths, h, relu)
     return y, (h[T].copy(),), cache
 
@@ -100,23 +85,18 @@ _backward = persistent_backward(_backward_step)
 
 
 def rnn_backward(dy, dstate, cache, grads=None):
-    """BPTT through :func:`rnn_forward`.
-
-    dy: (T, B, H); dstate: (dhT,) with dhT (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
-    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (H, I),
-    dw_hh (H, H), db_ih, db_hh (H,)) (with ``grads``: those arrays, added into).
-    """
-    (dhT,) = dstate
+    """BPTT through :func:`rnn_forward`: the GPU twin of
+    :func:`rnnfast.kernels.cpu.rnn.rnn_backward`, with the same arguments and results
+    (kernels/README.md), on CuPy arrays."""
     x, w_ih, w_hh, lengths, h, relu = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
-    dh = xp.zeros((B, H), x.dtype) if dhT is None else xp.array(dhT, dtype=x.dtype)
+    (dh,) = state_grads(dstate, (B, H), x.dtype, xp)
     dpre = xp.empty((T, B, H), dtype=x.dtype)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    launch(_backward, plan, dh, dpre, (h, relu), dy, lengths, pack_backward_weights(xp, w_hh, plan),
-           plan.units, plan.n, plan.rows, plan.kc, plan.ks, plan.w_in_smem, x.dtype.type(1))
+    launch(_backward, plan, dh, dpre, (h, relu), dy, lengths, pack_backward_weights(xp, w_hh, plan), x.dtype.type(1))
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dp2 = dpre.reshape(T * B, H)
     dx = (dp2 @ w_ih).reshape(T, B, I)

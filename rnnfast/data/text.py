@@ -3,12 +3,10 @@ binary, undecodable are DataErrors), :class:`Vocab` maps characters to ids and b
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from rnnfast.backend import to_numpy
-from rnnfast.errors import CheckpointError, DataError
+from rnnfast.errors import CheckpointError, DataError, existing_file
 
 
 _ENCODING_HINT = "if it is text in another encoding, name it (--encoding latin-1, or encoding='latin-1')"
@@ -16,11 +14,7 @@ _ENCODING_HINT = "if it is text in another encoding, name it (--encoding latin-1
 
 def read_text(path, encoding: str = "utf-8") -> str:
     """The whole text of a file, checked: a missing, empty, binary or undecodable file is a DataError."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"file not found: {p}; check the path")
-    if p.is_dir():
-        raise DataError(f"{p} is a directory; pass a file inside it")
+    p = existing_file(path, DataError)
     try:
         raw = p.read_bytes()
     except OSError as exc:
