@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from rnnfast.backend import get_backend, to_numpy
-from rnnfast.kernels.cells import cell_named
+from rnnfast.kernels.cells import CELLS, cell_named
 from rnnfast.module import Module
 from rnnfast.random import dropout_mask
 
@@ -76,8 +76,9 @@ class _Recurrent(Module):
         _check_size("num_layers", num_layers)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        choices = [c.activation for c in CELLS.values() if c.kind == "rnn"]
+        if nonlinearity not in choices:
+            raise ValueError(f"nonlinearity must be one of {', '.join(map(repr, choices))}, got {nonlinearity!r}")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.nonlinearity = bool(bidirectional), nonlinearity
