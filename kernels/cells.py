@@ -41,6 +41,7 @@ CELLS = {c.name: c for c in (
 )}
 
 KINDS = ("rnn", "lstm", "gru")
+ACTIVATIONS = ("tanh", "relu")  # the RNN kernels take their activation as its index here
 
 
 def state_grads(dstate, shape, dtype, xp) -> tuple:

@@ -1,6 +1,8 @@
 """CPU kernels (Numba @njit), one module per cell, the kernel contract of kernels/README.md."""
 from functools import partial
 
+from rnnfast.kernels.cells import ACTIVATIONS
+
 import numpy as np
 
 from rnnfast.kernels.cpu.cross_entropy import cross_entropy_rows
@@ -18,7 +20,7 @@ from rnnfast.kernels.cpu.rnn import rnn_backward, rnn_forward
 # cell name (kernels/cells.py) -> (forward, backward), as the contract has them
 KERNELS = {
     "rnn_tanh": (rnn_forward, rnn_backward),
-    "rnn_relu": (partial(rnn_forward, relu=True), rnn_backward),
+    "rnn_relu": (partial(rnn_forward, act=ACTIVATIONS.index("relu")), rnn_backward),
     "lstm": (lstm_forward, lstm_backward),
     "gru": (gru_forward, gru_backward),
 }

@@ -19,7 +19,7 @@ computed once per call.
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import KINDS, cell_named
+from rnnfast.kernels.cells import ACTIVATIONS, KINDS, cell_named
 from rnnfast.kernels.cpu import gru, lstm, rnn
 from rnnfast.kernels.cpu.common import compile_detached, copy_row, is_compiled
 from rnnfast.kernels.cpu.gemm import matmul
@@ -40,7 +40,7 @@ def _matvec_add(w, v, bias, out):
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _cell_update(kind, relu, xg, hg, h, c, zeros, hn):
+def _cell_update(kind, act, xg, hg, h, c, zeros, hn):
     """One cell step in place, through the training kernels' own ``forward_point``. xg: (G*H,) input
     part with b_ih (and b_hh but for the GRU's); hg: (G*H,) recurrent part (the GRU's with b_hh);
     h, c: (H,) (c read only by the LSTM); zeros: (G*H,) zeros, the biases already added; hn: (H,)
@@ -53,7 +53,7 @@ def _cell_update(kind, relu, xg, hg, h, c, zeros, hn):
     if kind == LSTM:
         lstm.forward_point(xg, zeros, c, c, h)
     else:
-        rnn.forward_point(xg, zeros, h, relu, zeros[0])
+        rnn.forward_point(xg, zeros, h, act, zeros[0])
 
 
 @njit(cache=True, inline="always")
@@ -129,7 +129,7 @@ def _sample(logits, u, temperature, top_k, top_p, keep, e, order):
 
 
 @njit(cache=True)
-def _generate(kind, relu, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms,
+def _generate(kind, act, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms,
               temperature, top_k, top_p, ids):
     """emb_proj: (V, G*H) = embedding @ w_ih0^T + b_ih0 (+ b_hh0 unless GRU); w_ih: (L-1, G*H, H);
     w_hh: (L, G*H, H); b_ih: (L, G*H) (layers above 0 use it); b_hh: (L, G*H) (0 where already in
@@ -158,7 +158,7 @@ def _generate(kind, relu, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, 
                 else:
                     _matvec_add(w_ih[layer - 1], h[layer - 1, b], b_ih[layer], xg)
                 _matvec_add(w_hh[layer], h[layer, b], b_hh[layer], hg)
-                _cell_update(kind, relu, xg, hg, h[layer, b], c[layer, b], zeros, hn)
+                _cell_update(kind, act, xg, hg, h[layer, b], c[layer, b], zeros, hn)
             if step + 1 < P:
                 token = prime[b, step + 1]
                 continue
@@ -199,7 +199,7 @@ def generate(cell, weights, embedding, w_out, b_out, state, prime, uniforms, tem
     uniforms = np.ascontiguousarray(uniforms, dtype=np.float64)
     ids = np.empty(uniforms.shape, dtype=np.int64)
     w_out, b_out = np.ascontiguousarray(w_out, dtype), np.ascontiguousarray(b_out, dtype)
-    _generate(KINDS.index(spec.kind), spec.activation == "relu", emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms, float(temperature),
+    _generate(KINDS.index(spec.kind), ACTIVATIONS.index(spec.activation), emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms, float(temperature),
               0 if top_k is None else int(top_k), 1.0 if top_p is None else float(top_p), ids)
     return ids, ((h, c) if spec.has_cell_state else (h,))
 
@@ -215,7 +215,7 @@ def _tiny_args(dtype):
     """Arguments typed as every call of generate() passes them to _generate (the one specialisation
     per dtype), for a loop that draws nothing: one layer, one unit, one prime id, no uniforms."""
     one = np.zeros((1, 1), dtype)
-    return (RNN, False, one, np.zeros((0, 1, 1), dtype), np.zeros((1, 1, 1), dtype), one, one, one,
+    return (RNN, 0, one, np.zeros((0, 1, 1), dtype), np.zeros((1, 1, 1), dtype), one, one, one,
             np.zeros(1, dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64),
             np.zeros((1, 0)), 1.0, 0, 1.0, np.zeros((1, 0), np.int64))
 

@@ -1,6 +1,6 @@
 """Elman RNN on the CPU: Numba kernels, forward directly above backward.
 
-    h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or relu
+    h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or act
 
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 
@@ -10,29 +10,31 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cells import ACTIVATIONS, state_grads
 from rnnfast.kernels.cpu.activations import tanh
 from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
+TANH, RELU = ACTIVATIONS.index("tanh"), ACTIVATIONS.index("relu")
+
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def forward_point(pre_row, bias, h_row, relu, zero):
+def forward_point(pre_row, bias, h_row, act, zero):
     """One sequence, one step, the cell's equation: h_row (H,) = act(pre_row + bias), pre_row holding
-    W_ih x + W_hh h (it may be h_row itself); act is relu or tanh. Training and the generation loop
+    W_ih x + W_hh h (it may be h_row itself); act is act or tanh. Training and the generation loop
     both step through this function."""
     for j in range(h_row.shape[0]):
         a = pre_row[j] + bias[j]
-        h_row[j] = max(a, zero) if relu else tanh(a)
+        h_row[j] = max(a, zero) if act == RELU else tanh(a)
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def _forward_step(bias, h_prev, h_next, y_t, t, lengths, relu, zero):
+def _forward_step(bias, h_prev, h_next, y_t, t, lengths, act, zero):
     """h_next: (B, H) holds W_ih x + W_hh h on entry and the new state on exit."""
     B = h_prev.shape[0]
     for b in range(B):
         if t < lengths[b]:
-            forward_point(h_next[b], bias, h_next[b], relu, zero)
+            forward_point(h_next[b], bias, h_next[b], act, zero)
             copy_row(y_t[b], h_next[b])
         else:
             copy_row(h_next[b], h_prev[b])
@@ -40,40 +42,40 @@ def _forward_step(bias, h_prev, h_next, y_t, t, lengths, relu, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, relu, y, h):
+def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other. w_hh_t: W_hh^T
     packed; h[1:] holds the input projection on entry: each step adds W_hh h to it and then
     overwrites it with the state, so there is no (T, B, H) scratch."""
     zero = h[0, 0, 0] * 0
     for t in range(y.shape[0]):
         gemm_packed_serial(h[t, b0:b1], w_hh_t, h[t + 1, b0:b1], True, core)
-        _forward_step(bias, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1], t, lengths[b0:b1], relu, zero)
+        _forward_step(bias, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1], t, lengths[b0:b1], act, zero)
 
 
-def rnn_forward(x, state, weights, lengths=None, relu=False):
+def rnn_forward(x, state, weights, lengths=None, act=TANH):
     """One RNN layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (H, I), w_hh (H, H), b_ih (H,),
-    b_hh (H,)); lengths: (B,) ints in 1..T or None; relu: the ``rnn_relu`` cell, else ``rnn_tanh``.
+    b_hh (H,)); lengths: (B,) ints in 1..T or None; act: the ``rnn_act`` cell, else ``rnn_tanh``.
     Returns y: (T, B, H), the final state (hT,) and the cache.
     """
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
     h0, w_ih, w_hh = contiguous(h0, w_ih, w_hh)
-    relu = bool(relu)
+    act = int(act)
     T, B, I = x.shape
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
     gemm(x.reshape(T * B, I), w_ih.T, h[1:].reshape(T * B, H), False)
     h[0] = h0
-    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, relu, y, h)
-    cache = (x, w_ih, w_hh, lengths, h, relu)
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h)
+    cache = (x, w_ih, w_hh, lengths, h, act)
     return y, (h[T].copy(),), cache
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, relu, one, zero):
+def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, act, one, zero):
     B, H = dh.shape
     for b in range(B):
         dp_row = dpre_t[b]
@@ -82,7 +84,7 @@ def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, relu, one, zero):
             for j in range(H):
                 dh_j = dh_row[j] + dy_row[j]
                 h = h_row[j]
-                if relu:
+                if act == RELU:
                     dp_row[j] = dh_j if h > zero else zero
                 else:
                     dp_row[j] = dh_j * (one - h * h)
@@ -92,13 +94,13 @@ def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, relu, one, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, relu, dpre):
+def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, act, dpre):
     """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh: (B, H) enters as dhT
     and leaves as dh0; fills dpre: (T, B, H), the pre-activation gradients."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(dpre.shape[0] - 1, -1, -1):
-        _backward_step(dpre[t, b0:b1], dy[t, b0:b1], dh[b0:b1], h[t + 1, b0:b1], t, lengths[b0:b1], relu, one, zero)
+        _backward_step(dpre[t, b0:b1], dy[t, b0:b1], dh[b0:b1], h[t + 1, b0:b1], t, lengths[b0:b1], act, one, zero)
         gemm_packed_serial(dpre[t, b0:b1], w_hh_p, dh[b0:b1], True, core)  # rows past a length add zeros
 
 
@@ -109,14 +111,14 @@ def rnn_backward(dy, dstate, cache, grads=None):
     db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (H, I),
     dw_hh (H, H), db_ih, db_hh (H,)) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, relu = cache
+    x, w_ih, w_hh, lengths, h, act = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     (dh,) = state_grads(dstate, (B, H), x.dtype, np)
     dpre = np.empty((T, B, H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
-    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, relu, dpre)
+    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, act, dpre)
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dp2 = dpre.reshape(T * B, H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
@@ -126,10 +128,10 @@ def rnn_backward(dy, dstate, cache, grads=None):
     return dx, (dh,), (dw_ih, dw_hh, *bias_grads(grads, dp2.sum(axis=0)))
 
 
-def backward_probe(dtype, relu=False):
+def backward_probe(dtype, act=TANH):
     """(:func:`_backward_rows`, arguments typed as :func:`rnn_backward` passes them) for T = 0: a
     call compiles the loop without running a step, so without the GEMM it calls."""
     n3 = np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, np.zeros((1, 1), dtype),
-                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), bool(relu), n3)
+                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), int(act), n3)
 

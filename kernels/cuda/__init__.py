@@ -3,6 +3,8 @@ Imported only when the GPU backend is asked for (or by the simulator tests, whic
 NumPy arrays)."""
 from functools import partial
 
+from rnnfast.kernels.cells import ACTIVATIONS
+
 from rnnfast.kernels.cuda.gru import gru_backward, gru_forward
 from rnnfast.kernels.cuda.lstm import lstm_backward, lstm_forward
 from rnnfast.kernels.cuda.rnn import rnn_backward, rnn_forward
@@ -10,7 +12,7 @@ from rnnfast.kernels.cuda.rnn import rnn_backward, rnn_forward
 # cell name (kernels/cells.py) -> (forward, backward), as the contract has them
 KERNELS = {
     "rnn_tanh": (rnn_forward, rnn_backward),
-    "rnn_relu": (partial(rnn_forward, relu=True), rnn_backward),
+    "rnn_relu": (partial(rnn_forward, act=ACTIVATIONS.index("relu")), rnn_backward),
     "lstm": (lstm_forward, lstm_backward),
     "gru": (gru_forward, gru_backward),
 }

@@ -2,7 +2,7 @@
 backward. The specification is ``kernels/cpu/reference.py``; the contract (arguments, state
 tuples, ``grads``) is ``kernels/README.md``; names and steps follow ``kernels/cpu/rnn.py``.
 
-    h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or relu
+    h' = act(W_ih x + b_ih + W_hh h + b_hh),   act = tanh or act
 
 The input projection for all T steps is one GEMM before the loop, into ``h[1:]`` as on the CPU;
 the loop is one persistent kernel per pass (``common``). Steps at or past a sequence's length
@@ -10,30 +10,32 @@ carry the state unchanged and output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cells import ACTIVATIONS, state_grads
 from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
     make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, tanh)
 
+TANH, RELU = ACTIVATIONS.index("tanh"), ACTIVATIONS.index("relu")
+
 
 @cuda.jit(device=True, inline=True)
-def forward_point(pre_row, hw, h_row, j, relu, zero):
+def forward_point(pre_row, hw, h_row, j, act, zero):
     """One sequence, one unit j, one step, the cell's equation: h_row[j] = act(pre_row[j] + W_hh h),
     pre_row (H,) holding W_ih x + b_ih + b_hh (it may be h_row itself), hw this unit's W_hh h
-    (``gate_sum``); act is relu or tanh. Returns h_row[j]."""
+    (``gate_sum``); act is act or tanh. Returns h_row[j]."""
     a = pre_row[j] + gate_sum(hw, 0)
-    h = max(a, zero) if relu else tanh(a)
+    h = max(a, zero) if act == RELU else tanh(a)
     h_row[j] = h
     return h
 
 
 @cuda.jit(device=True, inline=True)
 def _forward_step(y, h, cell, hw, t, b, j, valid, one):
-    # cell: (relu,). h[t + 1] holds the input projection plus both biases on entry and the state on
+    # cell: (act,). h[t + 1] holds the input projection plus both biases on entry and the state on
     # exit. The bias rides on the projection (added once for all T outside the sequential loop, so
     # the kernel reads no bias); the CPU adds it here instead, where its GEMM leaves h[t + 1].
-    (relu,) = cell
+    (act,) = cell
     if valid:
-        y[t, b, j] = forward_point(h[t + 1, b], hw, h[t + 1, b], j, relu, one - one)
+        y[t, b, j] = forward_point(h[t + 1, b], hw, h[t + 1, b], j, act, one - one)
     else:
         h[t + 1, b, j] = h[t, b, j]
         y[t, b, j] = 0
@@ -42,14 +44,14 @@ def _forward_step(y, h, cell, hw, t, b, j, valid, one):
 _forward = persistent_forward(_forward_step)
 
 
-def rnn_forward(x, state, weights, lengths=None, relu=False):
+def rnn_forward(x, state, weights, lengths=None, act=TANH):
     """One RNN layer, one direction, over a whole sequence: the GPU twin of
     :func:`rnnfast.kernels.cpu.rnn.rnn_forward`, with the same arguments and results
     (kernels/README.md), on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, w_ih, w_hh = contiguous(xp, x, h0, w_ih, w_hh)
-    relu = bool(relu)
+    act = int(act)
     T, B, I = x.shape
     H = h0.shape[1]
     y = xp.empty((T, B, H), dtype=x.dtype)
@@ -59,20 +61,20 @@ def rnn_forward(x, state, weights, lengths=None, relu=False):
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (relu,), lengths, pack_forward_weights(xp, w_hh, 1, plan), x.dtype.type(1))
-    cache = (x, w_ih, w_hh, lengths, h, relu)
+    launch(_forward, plan, y, h, (act,), lengths, pack_forward_weights(xp, w_hh, 1, plan), x.dtype.type(1))
+    cache = (x, w_ih, w_hh, lengths, h, act)
     return y, (h[T].copy(),), cache
 
 
 @cuda.jit(device=True, inline=True)
 def _backward_step(dh, dpre, cell, dy, t, b, j, valid, one):
-    # cell: (h (T+1, B, H), relu). Fills dpre[t], the pre-activation gradients, as on the CPU.
-    h, relu = cell
+    # cell: (h (T+1, B, H), act). Fills dpre[t], the pre-activation gradients, as on the CPU.
+    h, act = cell
     zero = one - one
     if valid:
         dh_j = dh[b, j] + dy[t, b, j]
         h_j = h[t + 1, b, j]
-        if relu:
+        if act == RELU:
             dpre[t, b, j] = dh_j if h_j > zero else zero
         else:
             dpre[t, b, j] = dh_j * (one - h_j * h_j)
@@ -88,7 +90,7 @@ def rnn_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`rnn_forward`: the GPU twin of
     :func:`rnnfast.kernels.cpu.rnn.rnn_backward`, with the same arguments and results
     (kernels/README.md), on CuPy arrays."""
-    x, w_ih, w_hh, lengths, h, relu = cache
+    x, w_ih, w_hh, lengths, h, act = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
@@ -96,7 +98,7 @@ def rnn_backward(dy, dstate, cache, grads=None):
     (dh,) = state_grads(dstate, (B, H), x.dtype, xp)
     dpre = xp.empty((T, B, H), dtype=x.dtype)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    launch(_backward, plan, dh, dpre, (h, relu), dy, lengths, pack_backward_weights(xp, w_hh, plan), x.dtype.type(1))
+    launch(_backward, plan, dh, dpre, (h, act), dy, lengths, pack_backward_weights(xp, w_hh, plan), x.dtype.type(1))
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dp2 = dpre.reshape(T * B, H)
     dx = (dp2 @ w_ih).reshape(T, B, I)
