@@ -196,6 +196,9 @@ def test_grads_accumulate_and_zero():
     (lambda l: l(np.zeros((4, 2, 5), np.float32)), ValueError, "input_size=3"),
     (lambda l: l(np.zeros((4, 2, 3), np.float64)), TypeError, "dtype"),
     (lambda l: l(np.zeros((4, 2, 3), np.int32)), TypeError, "dtype"),
+    (lambda l: l(np.zeros((4, 2, 3), np.float16)), TypeError, "the layers run float32 or float64"),
+    (lambda l: l(np.zeros((4, 2, 3), np.float64)), TypeError, "or build the layer with dtype=float64"),
+    (lambda l: l([[[0.0] * 3] * 2] * 4), TypeError, "builtins.list; pass a NumPy array"),
     (lambda l: l(np.zeros((0, 2, 3), np.float32)), ValueError, "at least one time step"),
     (lambda l: l(np.full((4, 2, 3), np.nan, np.float32)), ValueError, "NaN"),
     (lambda l: l(np.zeros((4, 2, 3), np.float32), (np.zeros((1, 2, 4), np.float32),) * 2), ValueError, "h0 has shape"),
@@ -228,6 +231,12 @@ def test_bad_constructor_arguments(kwargs, words):
     with pytest.raises((ValueError, TypeError)) as info:
         rf.RNN(**kwargs)
     assert words in str(info.value)
+
+
+def test_a_torch_tensor_is_a_one_line_type_error_saying_what_to_pass():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(TypeError, match=r"x is a torch.Tensor; pass a NumPy array \(a torch tensor: x.numpy\(\)\)"):
+        rf.LSTM(3, 5)(torch.zeros(4, 2, 3))
 
 
 def test_mixed_devices_are_a_type_error_naming_both():
