@@ -43,6 +43,11 @@ class Command(click.Command):
             raise _one_line(exc) from None
         except RnnfastError as exc:
             raise click.ClickException(str(exc)) from None
+        except MemoryError:
+            # The library turns the MemoryErrors that an input can cause into RnnfastErrors; what
+            # is left is a model or batch too large for this machine, which a traceback won't help.
+            raise click.ClickException("out of memory; use a smaller model, --batch-size or input, "
+                                       "or a machine with more memory") from None
 
 
 def _one_line(exc: click.UsageError) -> OneLineUsageError:

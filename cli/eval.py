@@ -12,14 +12,14 @@ from rnnfast.cli.common import Command, config_option, device_option, resolve_de
 from rnnfast.cli.tasks import classify_eval_data, forecast_eval_windows, read_task, task_of
 from rnnfast.data import Scaler, Vocab, read_text, require_length
 from rnnfast.metrics import mae, rmse
-from rnnfast.tasks import check_same_data, describe_loss
+from rnnfast.tasks import check_same_data, checkpoint_part, describe_loss
 
 
-def _file_data(task: str, meta: dict, opts: dict, path: Path):
+def _file_data(task: str, meta: dict, opts: dict, path: Path, checkpoint: Path):
     """What ``model.evaluate`` takes for a new file, read as the training data was, and its description."""
     if task == "charlm":
         text = read_text(path, opts["encoding"])
-        ids = Vocab.from_dict(meta["vocab"]).encode(text)
+        ids = Vocab.from_dict(checkpoint_part(meta, "vocab", checkpoint)).encode(text)
         require_length(len(ids), 2, str(path), "one prediction needs two characters; pass a longer text",
                        unit="characters")
         return ids, f"{path} ({len(ids):,} characters)"
@@ -67,7 +67,7 @@ def eval_command(checkpoint, data, encoding, as_json, device):
         data, description = td.val, f"held-out part of {td.description}"
         baseline = {"name": td.baseline_name, "loss": td.baseline}
     else:
-        data, description = _file_data(task, meta, opts, data)
+        data, description = _file_data(task, meta, opts, data, checkpoint)
     metrics = model.evaluate(data)
     if task == "forecast":
         metrics.update(_original_units(model, meta, data))

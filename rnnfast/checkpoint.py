@@ -108,17 +108,15 @@ def _sync_directory(directory: Path) -> None:
         pass  # some file systems refuse to sync a directory; the checkpoint is in place all the same
 
 
-def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
-    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``, NumPy arrays.
-
-    A missing, truncated or corrupt file, a safetensors file that rnnfast did not write, or one
-    from a newer format version is a CheckpointError that says what to do.
-    """
+def _open(path):
+    """``(f, meta, path)``: the checkpoint opened lazily with safetensors (``f``; nothing but its header
+    is read until a tensor is asked for) and its rnnfast metadata, checked; else a CheckpointError."""
     path = existing_file(path, CheckpointError, "checkpoint", "the checkpoint file inside it (*.safetensors)")
     try:
-        with safe_open(path, framework="np") as f:
-            header = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        # safe_open maps the file and parses only the header (length-prefixed JSON of at most
+        # 100 MB, checked to cover the file exactly), so a large foreign file costs no memory.
+        f = safe_open(path, framework="np")
+        header = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(f"{path} is not a readable checkpoint, it is truncated or corrupt ({exc}); "
                               "use another checkpoint, such as the run's best or an earlier one") from None
@@ -132,8 +130,34 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         meta = json.loads(header.get("rnnfast", ""))
     except json.JSONDecodeError:
-        raise CheckpointError(f"{path} has damaged metadata; use another checkpoint") from None
-    return tensors, meta
+        meta = None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path} has damaged metadata; use another checkpoint")
+    return f, meta, path
+
+
+def _read_tensors(f, names, path) -> dict[str, np.ndarray]:
+    """The tensors ``names`` of an opened checkpoint, read into memory."""
+    try:
+        return {name: f.get_tensor(name) for name in names}
+    except MemoryError:
+        raise CheckpointError(f"not enough memory to read the tensors of {path} ({path.stat().st_size:,} bytes); "
+                              "free some memory or use a machine with more") from None
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read the tensors of {path} ({exc}); it is damaged, so use another "
+                              "checkpoint, such as the run's best or an earlier one") from None
+
+
+def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`: ``(tensors, meta)``, NumPy arrays.
+
+    A missing, truncated or corrupt file, a safetensors file that rnnfast did not write, or one
+    from a newer format version is a CheckpointError that says what to do; these are all found from
+    the header, before any tensor is read.
+    """
+    f, meta, path = _open(path)
+    with f:
+        return _read_tensors(f, f.keys(), path), meta
 
 
 def _with_dot(prefix: str) -> str:
@@ -189,18 +213,68 @@ def from_config(config: dict):
     return MODELS[name](**config)
 
 
+# A config's sizes are checked against these before the file's shapes, so that nonsense gets a
+# message naming it. They are far above any model rnnfast trains: a character vocabulary cannot
+# outgrow Unicode (0x110000 code points), and one LSTM layer of hidden size 65,536 is already
+# 2**35 weights (128 GiB in float32). The shapes check then holds what is built to what the file holds.
+SIZE_LIMITS = {"vocab_size": 0x110000, "hidden_size": 2**16, "embedding_dim": 2**16, "input_size": 2**16,
+               "output_size": 2**16, "num_classes": 2**20, "num_layers": 2**10}
+
+# safetensors' dtype names -> NumPy's, for the messages
+_DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8",
+                "I16": "int16", "I32": "int32", "I64": "int64", "U8": "uint8", "BOOL": "bool"}
+
+
+def _check_sizes(config: dict, path) -> None:
+    """Each size in ``config`` a positive integer within :data:`SIZE_LIMITS`; else a one-line CheckpointError."""
+    for key, limit in SIZE_LIMITS.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        what = key.replace("_", " ").replace("num ", "number of ")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise CheckpointError(f"{path} claims a {what} of {value!r}, which is not a positive integer; "
+                                  "the file is damaged or was edited, so use another checkpoint")
+        if value > limit:
+            raise CheckpointError(f"{path} claims a {what} of {value:,}, more than rnnfast builds ({limit:,}); "
+                                  "the file is damaged or was edited, so use another checkpoint")
+
+
+def _misfit(expected: dict, found: dict) -> str | None:
+    """What keeps a model's parameters (``expected``) from being the tensors ``found``, both
+    name -> (shape, dtype name), as a clause for a message; None when they fit."""
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing:
+        return f"lacks {missing[:3]}"
+    if unexpected:
+        return f"has unexpected {unexpected[:3]}"
+    for name, (shape, _) in expected.items():
+        if tuple(found[name][0]) != tuple(shape):
+            return f"has {name} of shape {tuple(found[name][0])}, not {tuple(shape)}"
+    for name, (_, dtype) in expected.items():
+        if found[name][1] != dtype:
+            return (f"holds {name} as {found[name][1]}, not the model's {dtype}, so it was changed by another "
+                    f"tool; rnnfast does not cast weights, so convert them (safetensors.numpy.load_file, "
+                    f".astype('{dtype}'), save_file with the same metadata)")
+    return None
+
+
 def load_weights(model, tensors: dict, source: str = "the checkpoint") -> None:
-    """Copy a checkpoint's parameters into ``model``. Names and shapes must match exactly (the
-    optimizer's and the carried state's tensors are skipped); otherwise a one-line CheckpointError."""
+    """Copy a checkpoint's parameters into ``model``. Names, shapes and dtypes must match exactly
+    (the optimizer's and the carried state's tensors are skipped); otherwise a one-line CheckpointError.
+
+    Weights of another dtype (float16 or float64 into a float32 model) are refused rather than cast:
+    rnnfast writes every weight in its model's dtype, so another one means the file was changed by
+    another tool, and a silent cast would hide that (and lose precision from float64).
+    """
     own = model.params
     theirs = {k: v for k, v in tensors.items() if not k.startswith(NOT_MODEL_PREFIXES)}
-    missing, unexpected = sorted(set(own) - set(theirs)), sorted(set(theirs) - set(own))
-    wrong = [k for k in own if k in theirs and tuple(theirs[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        what = (f"lacks {missing[:3]}" if missing else f"has unexpected {unexpected[:3]}" if unexpected else
-                f"has {wrong[0]} of shape {tuple(theirs[wrong[0]].shape)}, not {tuple(own[wrong[0]].shape)}")
-        raise CheckpointError(f"{source} does not fit this {type(model).__name__}: it {what}; "
-                              "it is from another model, so build the model from the checkpoint (load_model)")
+    misfit = _misfit({k: (v.shape, np.dtype(v.dtype).name) for k, v in own.items()},
+                     {k: (v.shape, np.dtype(v.dtype).name) for k, v in theirs.items()})
+    if misfit:
+        raise CheckpointError(f"{source} does not fit this {type(model).__name__}: it {misfit}"
+                              + ("" if "another tool" in misfit else
+                                 "; it is from another model, so build the model from the checkpoint (load_model)"))
     model.load_state_dict({k: theirs[k] for k in own})
 
 
@@ -211,17 +285,45 @@ def load_model(path):
     is in eval mode on the CPU (``model.to("gpu")`` moves it). ``meta`` holds the rest (the
     vocabulary under ``"vocab"`` when the trainer was given one). A checkpoint of another kind or
     version is a one-line CheckpointError.
+
+    Nothing is allocated before the file is known to fit: the config's sizes are checked against
+    :data:`SIZE_LIMITS`, then the names, shapes and dtypes the config implies against those in the
+    file's header; only then is the model built and its tensors read (the optimizer's are not).
     """
-    tensors, meta = load_checkpoint(path)
-    config = meta.get("model")
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path} holds no model description; use a checkpoint written by rnnfast's trainer")
-    try:
-        model = from_config(config)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path} describes a model this rnnfast cannot build ({exc}); "
-                              "it is from another version of rnnfast, so use that version or retrain") from None
-    load_weights(model, tensors, str(path))
+    f, meta, path = _open(path)
+    with f:
+        config = meta.get("model")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"{path} holds no model description; use a checkpoint written by rnnfast's trainer")
+        cls = MODELS.get(config.get("class"))
+        if cls is None:
+            raise CheckpointError(f"{path} describes a model of unknown class {config.get('class')!r} (this rnnfast "
+                                  f"builds {', '.join(MODELS)}); it is from another version of rnnfast, so use that "
+                                  "version or retrain")
+        _check_sizes(config, path)
+        sizes = {k: v for k, v in config.items() if k != "class"}
+        try:
+            dtype = np.dtype(config.get("dtype", "float32")).name
+            expected = {name: (shape, dtype) for name, shape in cls.param_shapes(sizes).items()}
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path} describes a model this rnnfast cannot build ({exc}); "
+                                  "it is from another version of rnnfast, so use that version or retrain") from None
+        names = [k for k in f.keys() if not k.startswith(NOT_MODEL_PREFIXES)]
+        found = {}
+        for name in names:
+            piece = f.get_slice(name)
+            found[name] = (tuple(piece.get_shape()), _DTYPE_NAMES.get(piece.get_dtype(), piece.get_dtype()))
+        misfit = _misfit(expected, found)
+        if misfit:
+            raise CheckpointError(f"{path} does not fit this {cls.__name__}, the one its metadata describes: it {misfit}"
+                                  + ("" if "another tool" in misfit else
+                                     "; the file is damaged or was edited, so use another checkpoint"))
+        try:
+            model = from_config(config)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path} describes a model this rnnfast cannot build ({exc}); "
+                                  "it is from another version of rnnfast, so use that version or retrain") from None
+        load_weights(model, _read_tensors(f, names, path), str(path))
     if "rng" in meta:
         model.set_rng_state(meta["rng"])
     return model.eval(), meta

@@ -25,7 +25,7 @@ import numpy as np
 from rnnfast.corpus import default_corpus_path
 from rnnfast.data import (StandardScaler, Scaler, Vocab, forecast_windows, load_csv_column, load_text_labels,
                           read_text, require_length, sliding_windows, split_ids)
-from rnnfast.errors import DataError
+from rnnfast.errors import CheckpointError, DataError
 from rnnfast.metrics import bits_per_char
 from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
 
@@ -71,8 +71,12 @@ def read_charlm(path=None, *, batch_size: int, seq_len: int, val_frac: float = 0
     training part must fill one batch of ``batch_size`` x ``seq_len``, the held-out part one sequence."""
     text = read_text(data_path(path), encoding)
     vocab = Vocab.from_text(text)
-    train, val, _ = split_ids(vocab.encode(text), val_frac)
     name = _name(path)
+    if len(vocab) < 2:
+        # Every next character is certain: nothing to learn, and a baseline loss of zero.
+        raise DataError(f"{name} holds only one distinct character ({vocab.chars[0]!r}); a character model "
+                        "needs a text with at least two, so pass a real text")
+    train, val, _ = split_ids(vocab.encode(text), val_frac)
     need = batch_size * (seq_len + 1)
     require_length(len(train), need, f"the training part of {name}",
                    f"one batch needs --batch-size x (--seq-len + 1) = {need} characters; "
@@ -113,7 +117,7 @@ def forecast_eval_windows(meta: dict, path, column: str | int, *, window: int, h
                           encoding: str = "utf-8") -> tuple[np.ndarray, np.ndarray]:
     """Every window of a new CSV file, scaled as in training (``meta`` holds the scaler)."""
     series = load_csv_column(path, column, encoding=encoding)
-    return sliding_windows(Scaler.from_dict(meta["scaler"]).transform(series), window, horizon)
+    return sliding_windows(Scaler.from_dict(checkpoint_part(meta, "scaler", "the checkpoint")).transform(series), window, horizon)
 
 
 # -- classify -----------------------------------------------------------------------------------
@@ -160,12 +164,12 @@ def classify_eval_data(meta: dict, path, *, seq_len: int, text_column="text", la
                        encoding: str = "utf-8") -> tuple:
     """(ids, lengths, labels) of a new labelled file, read with the checkpoint's vocabulary and labels."""
     texts, labels, names = load_text_labels(path, text_column, label_column, encoding=encoding)
-    known = meta["labels"]
+    known = checkpoint_part(meta, "labels", "the checkpoint")
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise DataError(f"{path} has labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
                         f"it knows {', '.join(map(repr, known))}")
-    ids, lengths = encode_texts(Vocab.from_dict(meta["vocab"]), texts, seq_len, path)
+    ids, lengths = encode_texts(Vocab.from_dict(checkpoint_part(meta, "vocab", "the checkpoint")), texts, seq_len, path)
     return ids, lengths, np.array([known.index(names[k]) for k in labels], dtype=np.int32)
 
 
@@ -194,10 +198,20 @@ def describe_loss(task: str, loss: float) -> str:
     return f"{loss:.4f} cross-entropy"
 
 
+def checkpoint_part(meta: dict, key: str, checkpoint):
+    """``meta[key]`` (the vocabulary, scaler or labels that a task's checkpoint keeps); a checkpoint
+    without it is a CheckpointError, not a traceback."""
+    if key not in meta:
+        raise CheckpointError(f"{checkpoint} has no {key} in its metadata, so it cannot read data as its run did; "
+                              "use a checkpoint written by 'rnnfast train' (or a Trainer given that meta)")
+    return meta[key]
+
+
 def check_same_data(meta: dict, td: TaskData, checkpoint) -> None:
     """The data read now must be read as it was when ``checkpoint`` was written (same vocabulary,
-    scaler and labels); otherwise the file changed since that run."""
+    scaler and labels); otherwise the file changed since that run. A checkpoint lacking one of them
+    is a CheckpointError saying so."""
     for key, value in td.meta.items():
-        if meta.get(key) != value:
+        if checkpoint_part(meta, key, checkpoint) != value:
             raise DataError(f"the data no longer matches {checkpoint} (its {key} differs): the file changed since "
                             "that run; use the data it was trained on")

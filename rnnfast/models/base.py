@@ -6,9 +6,12 @@ and :class:`~rnnfast.models.SeqClassifier`; :func:`recurrent_layer` builds their
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 
 from rnnfast.backend import to_device, to_numpy
+from rnnfast.kernels.cells import cell_named
 from rnnfast.module import Module
 from rnnfast.recurrent import GRU, LSTM, RNN
 
@@ -21,6 +24,24 @@ def recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirect
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     return CELLS[cell](input_size, hidden_size, num_layers=num_layers, dropout=dropout,
                        bidirectional=bidirectional, dtype=dtype, seed=seed, batch_first=batch_first)
+
+
+def recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional) -> dict[str, tuple]:
+    """The shapes of :func:`recurrent_layer`'s parameters under a model's names (``rnn.weight_ih_l0``:
+    (G*H, I), ``rnn.weight_hh_l0``: (G*H, H), the biases (G*H,), ``_reverse`` for the backward
+    direction; PyTorch's layout), from the sizes alone, so that a checkpoint's tensors can be checked
+    against its config before anything is allocated."""
+    if cell not in CELLS:
+        raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
+    GH, D = cell_named(cell).num_gates * hidden_size, 2 if bidirectional else 1
+    shapes = {}
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else hidden_size * D
+        for suffix in ("", "_reverse")[:D]:
+            shapes.update({f"rnn.weight_ih_l{layer}{suffix}": (GH, in_size),
+                           f"rnn.weight_hh_l{layer}{suffix}": (GH, hidden_size),
+                           f"rnn.bias_ih_l{layer}{suffix}": (GH,), f"rnn.bias_hh_l{layer}{suffix}": (GH,)})
+    return shapes
 
 
 def child_seeds(seed: int, n: int) -> list[int]:
@@ -44,6 +65,19 @@ class Model(Module):
     def config(self) -> dict:
         """JSON-able ``{"class": name, **constructor arguments}``; :func:`from_config` rebuilds the model."""
         return {"class": type(self).__name__, **self._config}
+
+    @classmethod
+    def param_shapes(cls, config: dict) -> dict[str, tuple]:
+        """The shape of every parameter of the model that ``config`` (:meth:`config` without its
+        ``"class"``) describes, computed from its sizes without building it; a TypeError when
+        ``config`` does not fit the constructor. Same names and shapes as ``params``."""
+        args = inspect.signature(cls).bind(**config)
+        args.apply_defaults()
+        return cls._shapes(**args.arguments)
+
+    @staticmethod
+    def _shapes(**sizes) -> dict[str, tuple]:
+        raise NotImplementedError
 
     def rng_state(self) -> dict:
         """The position of every dropout stream (JSON-able): all future masks follow from it."""

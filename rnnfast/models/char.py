@@ -13,7 +13,7 @@ from rnnfast.data import StreamBatcher
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy
 from rnnfast.metrics import bits_per_char, perplexity
-from rnnfast.models.base import Model, child_seeds, recurrent_layer, resolve_seed
+from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, resolve_seed
 from rnnfast.models.sampling import CharSampling
 
 
@@ -45,6 +45,13 @@ class CharRNN(CharSampling, Model):
         self.add("drop", Dropout(dropout, seed=s[3]))
         self.add("head", Linear(hidden_size, vocab_size, dtype=dtype, seed=s[2]))
         self.vocab_size = vocab_size
+
+    @staticmethod
+    def _shapes(vocab_size, hidden_size, num_layers, cell, embedding_dim, **_) -> dict[str, tuple]:
+        embedding_dim = hidden_size if embedding_dim is None else embedding_dim
+        return {"embed.weight": (vocab_size, embedding_dim),
+                **recurrent_shapes(cell, embedding_dim, hidden_size, num_layers, False),
+                "head.weight": (vocab_size, hidden_size), "head.bias": (vocab_size,)}
 
     def forward(self, ids, state=None):
         """ids: (T, B) ints in [0, vocab_size); state: as the recurrent layer's (None for zeros).

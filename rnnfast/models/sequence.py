@@ -10,7 +10,7 @@ from rnnfast.backend import get_array_module, to_numpy
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy, mse
 from rnnfast.metrics import accuracy, mae, precision_recall_f1, rmse
-from rnnfast.models.base import Model, child_seeds, recurrent_layer, resolve_seed
+from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, resolve_seed
 
 def _unpack(batch):
     """``(x, y)`` or ``(x, lengths, y)`` -> x, lengths (or None), y."""
@@ -59,6 +59,15 @@ class _SequenceModel(Model):
         self.add("head", Linear(rnn.num_directions * hidden_size, out_features, dtype=dtype, seed=s[2]))
         self.hidden_size, self.dtype = hidden_size, np.dtype(dtype)
         self._cache = None
+
+    @staticmethod
+    def _built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, out_features,
+                      vocab_size=None) -> dict[str, tuple]:
+        """The shapes of the parameters :meth:`_build` makes from the same arguments."""
+        embed = {} if vocab_size is None else {"embed.weight": (vocab_size, input_size)}
+        D = 2 if bidirectional else 1
+        return {**embed, **recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional),
+                "head.weight": (out_features, D * hidden_size), "head.bias": (out_features,)}
 
     def _inputs(self, x, lengths):
         """The recurrent layer's input (B, T, I) and lengths (B,) on the model's device (or None)."""
@@ -116,6 +125,10 @@ class SeqRegressor(_SequenceModel):
                          many_to_many=bool(many_to_many), dtype=dtype.name, seed=seed)
         self.input_size, self.output_size, self.many_to_many = input_size, output_size, bool(many_to_many)
         self._build(cell, input_size, hidden_size, num_layers, bidirectional, dropout, output_size, dtype, seed)
+
+    @classmethod
+    def _shapes(cls, input_size, hidden_size, output_size, num_layers, cell, bidirectional, **_) -> dict[str, tuple]:
+        return cls._built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, output_size)
 
     def _inputs(self, x, lengths):
         x = self._to_model(x, self.dtype)
@@ -203,6 +216,13 @@ class SeqClassifier(_SequenceModel):
         rnn_input = embedding_dim if vocab_size is not None else input_size
         self._build(cell, rnn_input, hidden_size, num_layers, bidirectional, dropout, num_classes, dtype, seed,
                     vocab_size=vocab_size)
+
+    @classmethod
+    def _shapes(cls, vocab_size, num_classes, hidden_size, num_layers, cell, bidirectional, embedding_dim, input_size,
+                **_) -> dict[str, tuple]:
+        if vocab_size is not None:
+            input_size = hidden_size if embedding_dim is None else embedding_dim
+        return cls._built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, num_classes, vocab_size)
 
     def _inputs(self, x, lengths):
         embedded = "embed" in self._children
