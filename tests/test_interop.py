@@ -14,37 +14,35 @@ def sigmoid(z):
 
 
 # Keras's own recurrences, written from its documentation, on Keras-layout weights (x: (T, B, I)).
-def keras_lstm(x, kernel, recurrent_kernel, bias):
-    h = c = np.zeros((x.shape[1], recurrent_kernel.shape[0]))
+def scan(step, x, recurrent_kernel, parts=1):
+    """The outputs (T, B, H) of ``state = step(x_t, *state)`` from zero states, h first."""
+    state = (np.zeros((x.shape[1], recurrent_kernel.shape[0])),) * parts
     ys = []
     for x_t in x:
-        z = x_t @ kernel + h @ recurrent_kernel + bias
-        i, f, c_bar, o = np.split(z, 4, axis=-1)
-        c = sigmoid(f) * c + sigmoid(i) * np.tanh(c_bar)
-        h = sigmoid(o) * np.tanh(c)
-        ys.append(h)
+        state = step(x_t, *state)
+        ys.append(state[0])
     return np.stack(ys)
+
+
+def keras_lstm(x, kernel, recurrent_kernel, bias):
+    def step(x_t, h, c):
+        i, f, c_bar, o = np.split(x_t @ kernel + h @ recurrent_kernel + bias, 4, axis=-1)
+        c = sigmoid(f) * c + sigmoid(i) * np.tanh(c_bar)
+        return sigmoid(o) * np.tanh(c), c
+    return scan(step, x, recurrent_kernel, parts=2)
 
 
 def keras_gru_reset_after(x, kernel, recurrent_kernel, bias):
-    h = np.zeros((x.shape[1], recurrent_kernel.shape[0]))
-    ys = []
-    for x_t in x:
+    def step(x_t, h):
         x_z, x_r, x_h = np.split(x_t @ kernel + bias[0], 3, axis=-1)
         h_z, h_r, h_h = np.split(h @ recurrent_kernel + bias[1], 3, axis=-1)
         z, r = sigmoid(x_z + h_z), sigmoid(x_r + h_r)
-        h = z * h + (1 - z) * np.tanh(x_h + r * h_h)
-        ys.append(h)
-    return np.stack(ys)
+        return (z * h + (1 - z) * np.tanh(x_h + r * h_h),)
+    return scan(step, x, recurrent_kernel)
 
 
 def keras_simple_rnn(x, kernel, recurrent_kernel, bias):
-    h = np.zeros((x.shape[1], recurrent_kernel.shape[0]))
-    ys = []
-    for x_t in x:
-        h = np.tanh(x_t @ kernel + h @ recurrent_kernel + bias)
-        ys.append(h)
-    return np.stack(ys)
+    return scan(lambda x_t, h: (np.tanh(x_t @ kernel + h @ recurrent_kernel + bias),), x, recurrent_kernel)
 
 
 CASES = [("lstm", torch.nn.LSTM, keras_lstm), ("gru", torch.nn.GRU, keras_gru_reset_after),

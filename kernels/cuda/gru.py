@@ -63,9 +63,7 @@ _forward = persistent_forward(_forward_step)
 
 
 def gru_forward(x, state, weights, lengths=None):
-    """One GRU layer, one direction, over a whole sequence: the GPU twin of
-    :func:`rnnfast.kernels.cpu.gru.gru_forward`, with the same arguments and results
-    (kernels/README.md), on CuPy arrays."""
+    """The GPU twin of :func:`rnnfast.kernels.cpu.gru.gru_forward`: the same arguments and results, on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, w_ih, w_hh, b_hh = contiguous(xp, x, h0, w_ih, w_hh, b_hh)
@@ -116,9 +114,7 @@ _backward = persistent_backward(_backward_step)
 
 
 def gru_backward(dy, dstate, cache, grads=None):
-    """BPTT through :func:`gru_forward`: the GPU twin of
-    :func:`rnnfast.kernels.cpu.gru.gru_backward`, with the same arguments and results
-    (kernels/README.md), on CuPy arrays."""
+    """The GPU twin of :func:`rnnfast.kernels.cpu.gru.gru_backward`: the same arguments and results, on CuPy arrays."""
     x, w_ih, w_hh, lengths, h, gates, hn = cache
     xp = array_module(x)
     T, B, I = x.shape

@@ -64,9 +64,7 @@ _forward = persistent_forward(_forward_step)
 
 
 def lstm_forward(x, state, weights, lengths=None):
-    """One LSTM layer, one direction, over a whole sequence: the GPU twin of
-    :func:`rnnfast.kernels.cpu.lstm.lstm_forward`, with the same arguments and results
-    (kernels/README.md), on CuPy arrays."""
+    """The GPU twin of :func:`rnnfast.kernels.cpu.lstm.lstm_forward`: the same arguments and results, on CuPy arrays."""
     (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, c0, w_ih, w_hh = contiguous(xp, x, h0, c0, w_ih, w_hh)
@@ -116,9 +114,7 @@ _backward = persistent_backward(_backward_step)
 
 
 def lstm_backward(dy, dstate, cache, grads=None):
-    """BPTT through :func:`lstm_forward`: the GPU twin of
-    :func:`rnnfast.kernels.cpu.lstm.lstm_backward`, with the same arguments and results
-    (kernels/README.md), on CuPy arrays."""
+    """The GPU twin of :func:`rnnfast.kernels.cpu.lstm.lstm_backward`: same arguments and results, on CuPy arrays."""
     x, w_ih, w_hh, lengths, h, c, gates = cache
     xp = array_module(x)
     T, B, I = x.shape

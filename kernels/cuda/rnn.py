@@ -45,9 +45,7 @@ _forward = persistent_forward(_forward_step)
 
 
 def rnn_forward(x, state, weights, lengths=None, act=TANH):
-    """One RNN layer, one direction, over a whole sequence: the GPU twin of
-    :func:`rnnfast.kernels.cpu.rnn.rnn_forward`, with the same arguments and results
-    (kernels/README.md), on CuPy arrays."""
+    """The GPU twin of :func:`rnnfast.kernels.cpu.rnn.rnn_forward`: the same arguments and results, on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
     x, h0, w_ih, w_hh = contiguous(xp, x, h0, w_ih, w_hh)
@@ -87,9 +85,7 @@ _backward = persistent_backward(_backward_step)
 
 
 def rnn_backward(dy, dstate, cache, grads=None):
-    """BPTT through :func:`rnn_forward`: the GPU twin of
-    :func:`rnnfast.kernels.cpu.rnn.rnn_backward`, with the same arguments and results
-    (kernels/README.md), on CuPy arrays."""
+    """The GPU twin of :func:`rnnfast.kernels.cpu.rnn.rnn_backward`: the same arguments and results, on CuPy arrays."""
     x, w_ih, w_hh, lengths, h, act = cache
     xp = array_module(x)
     T, B, I = x.shape
