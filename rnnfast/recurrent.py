@@ -59,6 +59,25 @@ def _reverse(a, index, xp):
     return a[index, xp.arange(a.shape[1])[None, :]]
 
 
+def param_shapes(cell, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False) -> dict[str, tuple]:
+    """Every parameter of a layer of ``cell`` (a name or kind of the cell table) by name, with its
+    shape, in PyTorch's names, layout and order (``weight_ih_l0`` (G*H, I), ``weight_hh_l0`` (G*H, H),
+    ``bias_ih_l0``, ``bias_hh_l0`` (G*H,), suffix ``_reverse``), from the sizes alone: the layer
+    builds its parameters from it, and a checkpoint's tensors are checked against it before anything
+    is allocated."""
+    GH, D = cell_named(cell).num_gates * hidden_size, 2 if bidirectional else 1
+    shapes = {}
+    for layer in range(num_layers):
+        in_size = input_size if layer == 0 else hidden_size * D
+        for suffix in ("", "_reverse")[:D]:
+            shapes[f"weight_ih_l{layer}{suffix}"] = (GH, in_size)
+            shapes[f"weight_hh_l{layer}{suffix}"] = (GH, hidden_size)
+            if bias:
+                shapes[f"bias_ih_l{layer}{suffix}"] = (GH,)
+                shapes[f"bias_hh_l{layer}{suffix}"] = (GH,)
+    return shapes
+
+
 class _Recurrent(Module):
     """Shared machinery of RNN, LSTM and GRU: parameters, validation, layers and directions.
     What differs between the cells is read from their entry in the cell table (``self.spec``)."""
@@ -88,15 +107,10 @@ class _Recurrent(Module):
         rng = np.random.default_rng(seed)
         self.dropout_seed = int(rng.integers(2**63))
         self.dropout_stream = 0
-        H, G, k = self.hidden_size, self.gates, 1.0 / np.sqrt(self.hidden_size)
-        for layer in range(self.num_layers):
-            in_size = self.input_size if layer == 0 else H * self.num_directions
-            for suffix in self._suffixes:
-                shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, H)}
-                if self.bias:
-                    shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-                for name, shape in shapes.items():
-                    self.add_param(f"{name}_l{layer}{suffix}", rng.uniform(-k, k, shape).astype(self.dtype))
+        k = 1.0 / np.sqrt(self.hidden_size)
+        for name, shape in param_shapes(self.spec.name, self.input_size, self.hidden_size, self.num_layers, self.bias,
+                                        self.bidirectional).items():
+            self.add_param(name, rng.uniform(-k, k, shape).astype(self.dtype))
         self._cache = None
 
     @property

@@ -11,9 +11,8 @@ import inspect
 import numpy as np
 
 from rnnfast.backend import to_device, to_numpy
-from rnnfast.kernels.cells import cell_named
 from rnnfast.module import Module
-from rnnfast.recurrent import GRU, LSTM, RNN
+from rnnfast.recurrent import GRU, LSTM, RNN, param_shapes
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
@@ -33,15 +32,8 @@ def recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional) -
     against its config before anything is allocated."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
-    GH, D = cell_named(cell).num_gates * hidden_size, 2 if bidirectional else 1
-    shapes = {}
-    for layer in range(num_layers):
-        in_size = input_size if layer == 0 else hidden_size * D
-        for suffix in ("", "_reverse")[:D]:
-            shapes.update({f"rnn.weight_ih_l{layer}{suffix}": (GH, in_size),
-                           f"rnn.weight_hh_l{layer}{suffix}": (GH, hidden_size),
-                           f"rnn.bias_ih_l{layer}{suffix}": (GH,), f"rnn.bias_hh_l{layer}{suffix}": (GH,)})
-    return shapes
+    shapes = param_shapes(cell, input_size, hidden_size, num_layers, True, bidirectional)
+    return {f"rnn.{name}": shape for name, shape in shapes.items()}
 
 
 def child_seeds(seed: int, n: int) -> list[int]:
