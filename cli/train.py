@@ -17,9 +17,11 @@ from rnnfast.cli.common import Command, config_option, device_option, resolve_de
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
 from rnnfast.cli.tasks import build_model, read_task, task_of
 from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
+from rnnfast.errors import CheckpointError
 from rnnfast.optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from rnnfast.rundir import CHECKPOINT_FILES as CHECKPOINTS, claim, write_text_atomically
 from rnnfast.tasks import TASKS, check_same_data, describe_loss
-from rnnfast.trainer import Trainer
+from rnnfast.trainer import Trainer, config_mismatch
 from rnnfast.warmup import backward_compiled, compile_backward_in_background
 
 OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
@@ -38,7 +40,9 @@ DEFAULT_TIME_BUDGET = 180.0
 # dropout (validation 1.75 nats/char at step 600, 2.26 by step 1900); with 0.3 it reaches 1.68.
 DEFAULT_DROPOUT = {"charlm": 0.3, "forecast": 0.0, "classify": 0.0}
 
-CHECKPOINTS = ("latest.safetensors", "best.safetensors")
+# What a run writes besides its checkpoints: a run that stops before its first checkpoint in a
+# directory it created removes them again, so no directory holds a run that never was.
+RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "forecast.png")
 STOP_REASONS = {"steps": "--steps reached", "epochs": "--epochs reached", "time_budget": "--time-budget used up",
                 "early_stopping": "no better validation loss for --patience validations", "interrupted": "Ctrl-C"}
 
@@ -77,15 +81,18 @@ def _resumed_options(ctx: click.Context, opts: dict, resume: Path) -> tuple[dict
     return {**opts, **{k: saved[k] for k in RUN_OPTIONS}}, meta["cli"]["limits"], meta
 
 
-def _run_dir(out: Path | None, opts: dict, resume: Path | None) -> Path:
-    """Where checkpoints go: --out, the resumed checkpoint's directory, or a new runs/<task>-<cell>-<time>.
-    A directory holding another run's checkpoints is refused, so nothing overwrites them."""
-    if out is None:
-        if resume is not None:
-            return resume.parent
-        out = Path("runs") / f"{opts['task']}-{opts['cell']}-{time.strftime('%Y%m%d-%H%M%S')}"
-        while out.exists():  # two runs started in the same second
-            out = out.with_name(out.name + "-1")
+def _run_dir(out: Path | None, opts: dict, resume: Path | None) -> tuple[Path, bool]:
+    """Where checkpoints go: --out, the resumed checkpoint's directory, or a new runs/<task>-<cell>-<time>;
+    and whether it is that default name (which ``claim`` extends when another run has it)."""
+    if out is not None:
+        return out, False
+    if resume is not None:
+        return resume.parent, False
+    return Path("runs") / f"{opts['task']}-{opts['cell']}-{time.strftime('%Y%m%d-%H%M%S')}", True
+
+
+def _refuse_another_run(out: Path, resume: Path | None) -> None:
+    """A directory holding another run's checkpoints is refused, so nothing overwrites them."""
     continuing = resume is not None and resume.parent.resolve() == out.resolve()
     existing = [name for name in CHECKPOINTS if (out / name).exists()]
     if existing and not continuing:
@@ -93,7 +100,25 @@ def _run_dir(out: Path | None, opts: dict, resume: Path | None) -> Path:
                                f"--resume {out / 'latest.safetensors'}, or choose a new --out")
     if out.exists() and not out.is_dir():
         raise click.UsageError(f"--out {out} is a file; pass a directory")
-    return out
+
+
+def _check_resumable(meta: dict, td, model, resume: Path) -> None:
+    """A checkpoint must agree with itself: the model it describes is the one its run's settings
+    build, and it holds what reading the data needs (the vocabulary, ...). Otherwise it was damaged
+    or edited, which is what the message says (not that the data or the model changed)."""
+    damaged = f"{resume} is damaged or was edited"
+    use = "use another checkpoint, such as the run's best"
+    saved = meta.get("model")
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{damaged}: it has no model description; {use}")
+    differ = config_mismatch(saved, model.config())
+    if differ:
+        key, theirs, ours = differ[0]
+        raise CheckpointError(f"{damaged}: its model description says {key}={theirs!r}, but the settings of its "
+                              f"run build {key}={ours!r}; {use}")
+    missing = [key for key in td.meta if key not in meta]
+    if missing:
+        raise CheckpointError(f"{damaged}: it lacks the {missing[0]} its run read the data with; {use}")
 
 
 def _limits(ctx: click.Context, opts: dict, saved_limits: dict | None) -> dict:
@@ -214,12 +239,15 @@ def train(ctx, **opts):
     if opts["bidirectional"] and opts["task"] == "charlm":
         raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
     limits = _limits(ctx, opts, saved_limits)
-    out = _run_dir(out, opts, resume)
+    out, default_name = _run_dir(out, opts, resume)
+    if not default_name:  # a default name is made unique when claimed
+        _refuse_another_run(out, resume)  # now, not after the seconds of start-up
 
     td = read_task(opts)
-    if meta is not None:
-        check_same_data(meta, td, resume)
     model = build_model(opts, td)
+    if meta is not None:
+        _check_resumable(meta, td, model, resume)
+        check_same_data(meta, td, resume)
     if device == "gpu":
         model.to("gpu")
     if opts["task"] == "charlm":
@@ -233,36 +261,40 @@ def train(ctx, **opts):
         compile_backward_in_background(opts["cell"], opts["dtype"], type(optimizer).__name__, td.train.dtype)
     # The absolute path, so that eval and resume find the data from any working directory.
     run_options = {**{k: opts[k] for k in RUN_OPTIONS}, "data": _absolute(opts["data"])}
-    trainer = Trainer(
-        model, optimizer, train_data, td.val, clip=opts["clip"] or None, eval_every=eval_every,
-        early_stopping_patience=patience, out_dir=out,
-        callbacks=[ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
-                   JSONLLogger(out / "metrics.jsonl")],
-        meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
-                                 "baseline_name": td.baseline_name}},
-        resume=resume,
-    )
-    try:  # only now, so that bad input leaves no empty run directory behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise click.UsageError(f"cannot create the run directory {out} ({exc.strerror}); choose another --out")
-    (out / "config.json").write_text(json.dumps({**run_options, **limits, "eval_every": eval_every}, indent=2) + "\n")
+    # Only now, so that bad input leaves no run directory behind; from here on this run holds it, and
+    # gives it back if it stops before its first checkpoint.
+    with claim(out, unique=default_name, written=RUN_FILES) as out:
+        _refuse_another_run(out, resume)  # again: another run may have written it during start-up
+        if resume is None:
+            (out / "metrics.jsonl").unlink(missing_ok=True)  # of a run killed before its first checkpoint
+        trainer = Trainer(
+            model, optimizer, train_data, td.val, clip=opts["clip"] or None, eval_every=eval_every,
+            early_stopping_patience=patience, out_dir=out,
+            callbacks=[ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
+                       JSONLLogger(out / "metrics.jsonl")],
+            meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
+                                     "baseline_name": td.baseline_name}},
+            resume=resume,
+        )
+        # after the resume's checks, so that a checkpoint that cannot be continued leaves the run as it was
+        write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every},
+                                                              indent=2) + "\n")
 
-    n_params = model.num_params()
-    start = f"resuming {resume} at step {trainer.step}" if resume else "training"
-    click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
-               f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "
-               f"stops after {_describe_limits(limits)}; run directory {out}", err=True)
+        n_params = model.num_params()
+        start = f"resuming {resume} at step {trainer.step}" if resume else "training"
+        click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
+                   f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "
+                   f"stops after {_describe_limits(limits)}; run directory {out}", err=True)
 
-    result = trainer.run(**limits)
+        result = trainer.run(**limits)
 
-    plots = _write_plots(out, opts, model, td)
-    best = "no validation yet" if result["best_val"] is None else (
-        f"best validation loss {describe_loss(opts['task'], result['best_val'])} at step {result['best_step']}")
-    click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline)}")
-    files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
-    click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']]}); "
-               f"wrote {', '.join(map(str, files))}")
-    if result["stopped"] == "interrupted":
-        click.echo(f"continue with: rnnfast train --resume {out / 'latest.safetensors'}", err=True)
-        ctx.exit(130)  # the shell's code for a run stopped by Ctrl-C
+        plots = _write_plots(out, opts, model, td)
+        best = "no validation yet" if result["best_val"] is None else (
+            f"best validation loss {describe_loss(opts['task'], result['best_val'])} at step {result['best_step']}")
+        click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline)}")
+        files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
+        click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']]}); "
+                   f"wrote {', '.join(map(str, files))}")
+        if result["stopped"] == "interrupted":
+            click.echo(f"continue with: rnnfast train --resume {out / 'latest.safetensors'}", err=True)
+            ctx.exit(130)  # the shell's code for a run stopped by Ctrl-C

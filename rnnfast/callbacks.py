@@ -4,9 +4,13 @@ appends them to a JSON-lines file, :class:`ProgressBar` shows a tqdm bar.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
 import time
 from pathlib import Path
+
+from rnnfast.rundir import RunDirectoryError
 
 
 class Callback:
@@ -18,7 +22,11 @@ class Callback:
       improved.
     - ``on_checkpoint``: kind is "latest" or "best".
     - ``on_train_end`` gets :meth:`rnnfast.Trainer.run`'s result; also when a NaN/Inf stops the run, with
-      ``stopped="non_finite"``, just before the NonFiniteLossError reaches the caller.
+      ``stopped="non_finite"``, just before the NonFiniteLossError reaches the caller (``"error"`` for
+      any other :class:`~rnnfast.errors.RnnfastError`, such as a full disk).
+    - ``state_dict``: what this callback needs to continue a resumed run, stored in every checkpoint
+      (JSON-able; None, the default, stores nothing), one per callback class; ``on_resume`` gets it
+      back when a trainer resumes from checkpoint ``path`` (None if the checkpoint has none).
     """
 
     def on_train_begin(self, trainer) -> None:
@@ -34,6 +42,12 @@ class Callback:
         pass
 
     def on_train_end(self, trainer, result: dict) -> None:
+        pass
+
+    def state_dict(self) -> dict | None:
+        return None
+
+    def on_resume(self, trainer, path: Path, state: dict | None) -> None:
         pass
 
 
@@ -66,19 +80,97 @@ class History(Callback):
 
 class JSONLLogger(Callback):
     """Appends one JSON object per line to ``path``: ``{"event": "step" | "eval" | "checkpoint" | "end", ...}``
-    with the logs of that event (a resumed run appends to the same file)."""
+    with the logs of that event (a resumed run appends to the same file).
+
+    The file holds one history, whatever crashes:
+
+    - Lines are whole or absent: each is one ``write`` (unbuffered, so a crash loses nothing
+      written), a write that a full disk cuts short is undone, and a half line left by a crash is
+      dropped when the file is next opened.
+    - Each checkpoint records how far the file had got (:meth:`state_dict`). A run resumed from it
+      (:meth:`on_resume`) cuts the file back to there, keeping only the lines of that checkpoint's
+      own step that follow (its checkpoint and end records): the steps a crash lost after the
+      checkpoint are logged once, by the run that does them again.
+    - A write the disk refuses is a one-line :class:`~rnnfast.rundir.RunDirectoryError` that says
+      to free space and resume from the last checkpoint, which it leaves intact.
+    """
 
     def __init__(self, path):
         self.path = Path(path)
-        self._file = None
+        self._fd = None
+        self._size = 0  # bytes of whole lines in the file
+        self._cut = None  # (bytes, step) of the checkpoint a resumed run continues from
+        self._last_checkpoint = None  # (path, step) of the latest checkpoint written or resumed from
+        self._failed = False
+
+    # -- the file -----------------------------------------------------------------------------------
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(fd).st_size
+        keep = self._end_of_history(size)
+        if keep < size:
+            os.ftruncate(fd, keep)
+        self._fd, self._size, self._cut = fd, keep, None
+
+    def _end_of_history(self, size: int) -> int:
+        """Where the file's history ends: after the resumed checkpoint's lines, else after its last whole line."""
+        if self._cut is not None and self._cut[0] <= size:
+            keep, step = self._cut
+            with self.path.open("rb") as f:
+                f.seek(keep)
+                for line in f:
+                    try:
+                        record = json.loads(line) if line.endswith(b"\n") else None
+                    except ValueError:
+                        record = None
+                    logged = record.get("step") if isinstance(record, dict) else None
+                    if not isinstance(logged, int) or logged > step:
+                        break
+                    keep += len(line)
+            return keep
+        # no checkpoint to go by (or the file was replaced since): drop a half line at the end
+        with self.path.open("rb") as f:
+            pos = size
+            while pos > 0:
+                n = min(pos, 1 << 16)
+                f.seek(pos - n)
+                newline = f.read(n).rfind(b"\n")
+                if newline >= 0:
+                    return pos - n + newline + 1
+                pos -= n
+        return 0
 
     def _write(self, record: dict) -> None:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8")
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()  # a crash or Ctrl-C must not lose the lines already logged
+        if self._failed:
+            return
+        if self._fd is None:
+            self._open()
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        try:
+            if os.write(self._fd, line) < len(line):  # only a full disk cuts a write to a file short
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as exc:
+            self._failed = True
+            try:
+                os.ftruncate(self._fd, self._size)  # the line is absent, not half there
+            except OSError:
+                pass  # the next open drops the half line
+            self._close()
+            if self._last_checkpoint is None:
+                then = "then start the run again"
+            else:
+                then = f"then continue from step {self._last_checkpoint[1]} with --resume {self._last_checkpoint[0]}"
+            raise RunDirectoryError(f"cannot write {self.path} ({exc.strerror}); the checkpoints are intact: "
+                                    f"free some disk space (or choose another --out), {then}") from None
+        self._size += len(line)
 
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- the hooks ----------------------------------------------------------------------------------
     def on_step_end(self, trainer, step, logs):
         self._write({"event": "step", **logs, "time": time.time()})
 
@@ -86,13 +178,31 @@ class JSONLLogger(Callback):
         self._write({"event": "eval", "step": step, **logs, "time": time.time()})
 
     def on_checkpoint(self, trainer, path, kind):
+        if kind == "latest":
+            self._last_checkpoint = (path, trainer.step)
         self._write({"event": "checkpoint", "step": trainer.step, "kind": kind, "path": str(path), "time": time.time()})
 
     def on_train_end(self, trainer, result):
         summary = {k: v for k, v in result.items() if k != "losses"}
         self._write({"event": "end", **summary, "time": time.time()})
-        self._file.close()
-        self._file = None
+        self._close()
+        self._failed = False
+
+    def state_dict(self) -> dict:
+        if self._fd is None:
+            self._open()
+        os.fsync(self._fd)  # the lines a checkpoint counts are on disk before the checkpoint is
+        return {"path": str(self.path.resolve()), "bytes": self._size}
+
+    def on_resume(self, trainer, path, state):
+        self._last_checkpoint = (path, trainer.step)
+        if state is None:
+            return
+        logged = Path(state["path"])
+        # the file the checkpoint counted: the same one, or one of its name beside it (a moved run directory)
+        if self.path.resolve() in (logged, (Path(path).parent / logged.name).resolve()):
+            self._close()
+            self._cut = (int(state["bytes"]), trainer.step)
 
 
 class ProgressBar(Callback):

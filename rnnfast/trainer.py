@@ -16,7 +16,12 @@ Every ``eval_every`` steps and at the end the model is evaluated on the validati
 ``latest.safetensors`` (and, when the validation loss improved, ``best.safetensors``) is written to
 ``out_dir``. A checkpoint holds everything a resumed run needs to continue exactly as if it had never
 stopped: parameters, optimizer state, the hidden state carried between batches, the data position,
-the dropout streams and the trainer's counters.
+the dropout streams, the trainer's counters and what callbacks keep (how far the metrics file had got).
+
+While it runs, the trainer holds ``out_dir`` (:func:`rnnfast.rundir.hold`: another process that
+tries gets an error naming this one's PID) and first removes the temporary files a killed run left
+there. Whatever point a crash hits, ``latest`` and ``best`` agree once the run is resumed (see
+:meth:`Trainer._evaluate_and_save`).
 
 The loop prints nothing: progress goes to callbacks (:class:`rnnfast.callbacks.Callback`;
 :mod:`rnnfast.callbacks` has :class:`~rnnfast.callbacks.ProgressBar`, :class:`~rnnfast.callbacks.JSONLLogger`
@@ -38,8 +43,9 @@ from rnnfast import __version__
 from rnnfast.backend import get_array_module
 from rnnfast.checkpoint import (carried_tensors, join_tensors, load_checkpoint, load_weights, optimizer_tensors,
                                 save_checkpoint)
-from rnnfast.errors import CheckpointError, NonFiniteLossError
+from rnnfast.errors import CheckpointError, NonFiniteLossError, RnnfastError
 from rnnfast.optim import Adam, clip_grad_norm
+from rnnfast.rundir import hold, remove_temp_files
 
 
 @contextlib.contextmanager
@@ -75,6 +81,13 @@ class _Progress:
     tokens: int = 0
     losses: list = dataclasses.field(default_factory=list)
     last_val: dict | None = None
+
+
+def config_mismatch(saved: dict, ours: dict) -> list[tuple[str, object, object]]:
+    """``(setting, saved value, our value)`` for each setting but the seed in which a checkpoint's
+    model config differs from a model's (empty when they agree)."""
+    return [(k, saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
+            if k != "seed" and saved.get(k) != ours.get(k)]
 
 
 def _describe_schedule(schedule) -> dict | None:
@@ -121,6 +134,7 @@ class Trainer:
         self.evals_since_best = 0
         self.last_eval_step = None
         self.target_steps = None  # the step the current run() ends at, when known (for progress bars)
+        self._resumed_at_best = False  # resumed from a checkpoint that was its run's best (see _complete_the_best)
         if resume is not None:
             self.resume(resume)
 
@@ -139,26 +153,38 @@ class Trainer:
         if epochs is not None and not hasattr(self.train_data, "epoch"):
             raise ValueError("epochs= needs training data that counts epochs (a StreamBatcher or ArrayBatcher)")
         self.target_steps = self._target_steps(steps, epochs)
-        progress = _Progress(start=time.perf_counter(), start_step=self.step)
-        self.model.train()
-        for cb in self.callbacks:
-            cb.on_train_begin(self)
-        with _sigint_at_step_boundary() as sigint:
-            try:
-                stopped = self._loop(steps, epochs, time_budget, sigint, progress)
-                if stopped == "interrupted":
-                    self._save("latest")
-                elif self.last_eval_step != self.step:
-                    progress.last_val = self._evaluate_and_save()
-            except NonFiniteLossError:
-                self._finish("non_finite", progress)
-                raise
-            except KeyboardInterrupt:
-                stopped = "interrupted"
-                # after a second Ctrl-C an update may be cut in half: keep the last checkpoint as it is
-                if not sigint["forced"]:
-                    self._save("latest")
-        return self._finish(stopped, progress)
+        with self._holding_out_dir():
+            progress = _Progress(start=time.perf_counter(), start_step=self.step)
+            self.model.train()
+            for cb in self.callbacks:
+                cb.on_train_begin(self)
+            with _sigint_at_step_boundary() as sigint:
+                try:
+                    self._complete_the_best()
+                    stopped = self._loop(steps, epochs, time_budget, sigint, progress)
+                    if stopped == "interrupted":
+                        self._save("latest")
+                    elif self.last_eval_step != self.step:
+                        progress.last_val = self._evaluate_and_save()
+                except RnnfastError as exc:  # a NaN, a full disk: callbacks hear of it (a progress bar closes)
+                    self._finish("non_finite" if isinstance(exc, NonFiniteLossError) else "error", progress)
+                    raise
+                except KeyboardInterrupt:
+                    stopped = "interrupted"
+                    # after a second Ctrl-C an update may be cut in half: keep the last checkpoint as it is
+                    if not sigint["forced"]:
+                        self._save("latest")
+            return self._finish(stopped, progress)
+
+    @contextlib.contextmanager
+    def _holding_out_dir(self):
+        """Hold out_dir for this run, without the debris of a killed one."""
+        if self.out_dir is None:
+            yield
+            return
+        with hold(self.out_dir):
+            remove_temp_files(self.out_dir)
+            yield
 
     def _loop(self, steps, epochs, time_budget, sigint, progress) -> str:
         """Steps, with evaluations every ``eval_every``, until a limit is reached; returns the reason."""
@@ -258,11 +284,14 @@ class Trainer:
             self.best_val, self.best_step, self.evals_since_best = loss, self.step, 0
         else:
             self.evals_since_best += 1
-        self._save(*(("latest", "best") if improved else ("latest",)))
         logs = {f"val_{k}": v for k, v in val.items()}
         logs.update(best_val_loss=self.best_val, improved=improved)
-        for cb in self.callbacks:
+        for cb in self.callbacks:  # before the checkpoint, so that the metrics it counts hold this evaluation
             cb.on_eval_end(self, self.step, logs)
+        # latest first: a kill between the two writes leaves a latest that is itself the best it names,
+        # and resuming from it writes that best again (_complete_the_best). Best first could leave a
+        # best that no latest knows of, with the one latest names overwritten: that cannot be undone.
+        self._save(*(("latest", "best") if improved else ("latest",)))
         return val
 
     def _save(self, *kinds: str) -> None:
@@ -284,6 +313,7 @@ class Trainer:
                         "evals_since_best": self.evals_since_best, "last_eval_step": self.last_eval_step},
             "data": self.train_data.state_dict() if hasattr(self.train_data, "state_dict") else None,
             "rng": self.model.rng_state(),
+            "callbacks": {type(cb).__name__: state for cb in self.callbacks if (state := cb.state_dict()) is not None},
             "rnnfast_version": __version__,
         }
         for kind in kinds:
@@ -292,40 +322,99 @@ class Trainer:
             for cb in self.callbacks:
                 cb.on_checkpoint(self, path, kind)
 
+    def _complete_the_best(self) -> None:
+        """Once, after resuming from a checkpoint that was its run's best: make ``best.safetensors``
+        hold it, if a kill between the writes of latest and best left an older best there."""
+        if not self._resumed_at_best or self.out_dir is None:
+            return
+        self._resumed_at_best = False
+        path = self.out_dir / "best.safetensors"
+        try:
+            held = load_checkpoint(path)[1]["trainer"]["step"] if path.exists() else None
+        except (CheckpointError, KeyError, TypeError):
+            held = None  # a damaged best: this run's state is the best, so write it
+        if held != self.best_step:
+            self._save("best")  # the state just resumed is the best checkpoint's, exactly
+
     def resume(self, path) -> dict:
         """Continue from a checkpoint this trainer's kind wrote: parameters, optimizer state (its
-        hyper-parameters included), carried hidden state, data position, dropout streams and counters.
-        The model must have the checkpoint's configuration (a CheckpointError says so otherwise).
-        Entries of the checkpoint's meta that the trainer did not write itself (the vocabulary, ...)
-        are kept for later checkpoints unless ``meta`` gives them. Returns the checkpoint's meta."""
+        hyper-parameters included), carried hidden state, data position, dropout streams, counters
+        and the callbacks' state (``on_resume``). Everything is checked before anything is loaded:
+        a model of another configuration, optimizer state or carried state of the wrong shape, or
+        damaged metadata is a one-line CheckpointError. Entries of the checkpoint's meta that the
+        trainer did not write itself (the vocabulary, ...) are kept for later checkpoints unless
+        ``meta`` gives them. Returns the checkpoint's meta."""
         tensors, meta = load_checkpoint(path)
         saved = meta.get("model")
-        if not isinstance(saved, dict) or "trainer" not in meta:
+        if not isinstance(saved, dict) or not isinstance(meta.get("trainer"), dict):
             raise CheckpointError(f"{path} was not written by rnnfast's trainer; resume from a run's latest.safetensors")
-        ours = self.model.config()
-        differ = sorted(k for k in set(saved) | set(ours) if k != "seed" and saved.get(k) != ours.get(k))
+        differ = config_mismatch(saved, self.model.config())
         if differ:
-            shown = ", ".join(f"{k}={saved.get(k)!r} (this model: {ours.get(k)!r})" for k in differ[:3])
+            shown = ", ".join(f"{k}={theirs!r} (this model: {ours!r})" for k, theirs, ours in differ[:3])
             raise CheckpointError(f"{path} is for another model: {shown}; build the model with the checkpoint's "
                                   "settings (rnnfast.models.from_config(meta['model']))")
-        load_weights(self.model, tensors, str(path))
-        self.model.set_rng_state(meta["rng"])
-        self.model.set_carried_state(carried_tensors(tensors))
+        damaged = "the file is damaged or was edited, so use another checkpoint, such as the run's best"
+        self._check_state_tensors(tensors, path, damaged)
         try:
-            self.optimizer.load_state_dict({**meta["optimizer"], "state": optimizer_tensors(tensors)})
-        except ValueError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-        self.optimizer.to(self.model.device)
-        if meta.get("data") is not None and hasattr(self.train_data, "load_state_dict"):
-            self.train_data.load_state_dict(meta["data"])
-        counters = meta["trainer"]
-        self.step, self.best_val, self.best_step = counters["step"], counters["best_val"], counters["best_step"]
-        self.evals_since_best, self.last_eval_step = counters["evals_since_best"], counters["last_eval_step"]
-        own_keys = {"model", "optimizer", "schedule", "trainer", "data", "rng", "rnnfast_version"}
+            counters = meta["trainer"]
+            step, best_val, best_step = int(counters["step"]), counters["best_val"], counters["best_step"]
+            evals_since_best, last_eval_step = int(counters["evals_since_best"]), counters["last_eval_step"]
+            load_weights(self.model, tensors, str(path))
+            self.model.set_rng_state(meta["rng"])
+            self.model.set_carried_state(carried_tensors(tensors))
+            try:
+                self.optimizer.load_state_dict({**meta["optimizer"], "state": optimizer_tensors(tensors)})
+            except ValueError as exc:
+                raise CheckpointError(f"{path}: {exc}") from None
+            self.optimizer.to(self.model.device)
+            if meta.get("data") is not None and hasattr(self.train_data, "load_state_dict"):
+                self.train_data.load_state_dict(meta["data"])
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CheckpointError(f"{path} has damaged metadata ({type(exc).__name__}: {exc}); {damaged}") from None
+        self.step, self.best_val, self.best_step = step, best_val, best_step
+        self.evals_since_best, self.last_eval_step = evals_since_best, last_eval_step
+        self._resumed_at_best = best_step is not None and best_step == step
+        own_keys = {"model", "optimizer", "schedule", "trainer", "data", "rng", "callbacks", "rnnfast_version"}
         for key, value in meta.items():
             if key not in own_keys:
                 self.meta.setdefault(key, value)
+        states = meta.get("callbacks") if isinstance(meta.get("callbacks"), dict) else {}
+        for cb in self.callbacks:
+            cb.on_resume(self, Path(path), states.get(type(cb).__name__))
         return meta
+
+    def _check_state_tensors(self, tensors: dict, path, damaged: str) -> None:
+        """The optimizer's state must be shaped and typed like the parameters it belongs to, and the
+        carried state like the (layers x directions, batch, hidden) state the model carries."""
+        params = self.model.params
+        for key, arr in optimizer_tensors(tensors).items():
+            name = key.partition(".")[2]
+            if name not in params:
+                raise CheckpointError(f"{path} holds optimizer state {key} for a parameter the model lacks; {damaged}")
+            p = params[name]
+            if tuple(arr.shape) != tuple(p.shape) or np.dtype(arr.dtype) != np.dtype(p.dtype):
+                raise CheckpointError(f"{path} holds optimizer state {key} of shape {tuple(arr.shape)} ({arr.dtype}), "
+                                      f"but parameter {name} is {tuple(p.shape)} ({p.dtype}); {damaged}")
+        carried = carried_tensors(tensors)
+        if not carried:
+            return
+        config = self.model.config()
+        names = ("h", "c") if config.get("cell") == "lstm" else ("h",)
+        rows = config.get("num_layers", 1) * (2 if config.get("bidirectional") else 1)
+        batch = getattr(self.train_data, "batch_size", None)
+        for name in names:
+            arr = carried.get(name)
+            fits = (arr is not None and arr.ndim == 3 and arr.shape[0] == rows and arr.shape[2] == config.get("hidden_size")
+                    and batch in (None, arr.shape[1]) and np.dtype(arr.dtype) == np.dtype(config.get("dtype")))
+            if not fits:
+                shape = "missing" if arr is None else f"{tuple(arr.shape)} ({arr.dtype})"
+                raise CheckpointError(f"{path} holds a carried state {name} that is {shape}, not "
+                                      f"({rows}, {batch or 'batch'}, {config.get('hidden_size')}); {damaged}")
+        if set(carried) - set(names):
+            raise CheckpointError(f"{path} holds carried state {sorted(set(carried) - set(names))} this model "
+                                  f"does not carry; {damaged}")
 
 
 def fit(model, train_data, val_data=None, *, optimizer=None, lr: float = 1e-3, steps: int | None = None,
