@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from rnnfast.backend import to_numpy
 from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar
-from rnnfast.checkpoint import load_checkpoint
+from rnnfast.checkpoint import check_model_fits, load_checkpoint
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
 from rnnfast.cli.tasks import build_model, read_task, task_of
@@ -100,6 +100,18 @@ def _refuse_another_run(out: Path, resume: Path | None) -> None:
                                f"--resume {out / 'latest.safetensors'}, or choose a new --out")
     if out.exists() and not out.is_dir():
         raise click.UsageError(f"--out {out} is a file; pass a directory")
+
+
+def _check_described(opts: dict, resume: Path) -> None:
+    """Before a resumed run builds its model: the checkpoint's model description fits the tensors in
+    its header (nothing allocated yet), and the run's settings describe that same model, so that an
+    edited size (hidden 10**9) is a one-line error instead of an allocation."""
+    described = check_model_fits(resume)
+    for option, key in (("hidden", "hidden_size"), ("layers", "num_layers"), ("cell", "cell")):
+        if described.get(key) != opts[option]:
+            raise CheckpointError(f"{resume} is damaged or was edited: its run's settings say --{option} "
+                                  f"{opts[option]!r}, but the model it holds has {key}={described.get(key)!r}; "
+                                  "use another checkpoint, such as the run's best")
 
 
 def _check_resumable(meta: dict, td, model, resume: Path) -> None:
@@ -234,6 +246,11 @@ def train(ctx, **opts):
     saved_limits = meta = None
     if resume is not None:
         opts, saved_limits, meta = _resumed_options(ctx, opts, resume)
+        # how often it evaluates and how patient it is decide its checkpoints and its best: a
+        # resumed run keeps the run's own unless given (checkpoints before they were recorded: 100, none)
+        schedule = meta["cli"].get("schedule", {})
+        eval_every = eval_every if _explicit(ctx, "eval_every") else schedule.get("eval_every", eval_every)
+        patience = patience if _explicit(ctx, "patience") else schedule.get("patience", patience)
     if opts["dropout"] is None:
         opts["dropout"] = DEFAULT_DROPOUT[opts["task"]]
     if opts["bidirectional"] and opts["task"] == "charlm":
@@ -244,6 +261,8 @@ def train(ctx, **opts):
         _refuse_another_run(out, resume)  # now, not after the seconds of start-up
 
     td = read_task(opts)
+    if meta is not None:
+        _check_described(opts, resume)
     model = build_model(opts, td)
     if meta is not None:
         _check_resumable(meta, td, model, resume)
@@ -273,7 +292,8 @@ def train(ctx, **opts):
             callbacks=[ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
                        JSONLLogger(out / "metrics.jsonl")],
             meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
-                                     "baseline_name": td.baseline_name}},
+                                     "baseline_name": td.baseline_name,
+                                     "schedule": {"eval_every": eval_every, "patience": patience}}},
             resume=resume,
         )
         # after the resume's checks, so that a checkpoint that cannot be continued leaves the run as it was

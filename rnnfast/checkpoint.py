@@ -44,6 +44,7 @@ from safetensors.numpy import save as _safetensors_bytes
 from rnnfast.backend import to_numpy
 from rnnfast.errors import CheckpointError, existing_file
 from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
+from rnnfast.rundir import temp_prefix
 
 FORMAT = "rnnfast-checkpoint"
 VERSION = 1
@@ -73,7 +74,7 @@ def save_checkpoint(path, tensors: dict, meta: dict) -> None:
     data = _safetensors_bytes(arrays, metadata=header)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     except OSError as exc:
         raise CheckpointError(f"cannot write a checkpoint in {path.parent} ({exc.strerror}); "
                               "choose another --out") from None
@@ -278,6 +279,48 @@ def load_weights(model, tensors: dict, source: str = "the checkpoint") -> None:
     model.load_state_dict({k: theirs[k] for k in own})
 
 
+def _fitting_model(f, meta: dict, path) -> tuple[dict, list]:
+    """The model config in an open checkpoint's ``meta`` and the names of its model tensors, once the
+    config's sizes are within :data:`SIZE_LIMITS` and the names, shapes and dtypes it implies are
+    those in the file's header; nothing is allocated. Otherwise a one-line CheckpointError."""
+    config = meta.get("model")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no model description; use a checkpoint written by rnnfast's trainer")
+    cls = MODELS.get(config.get("class"))
+    if cls is None:
+        raise CheckpointError(f"{path} describes a model of unknown class {config.get('class')!r} (this rnnfast "
+                              f"builds {', '.join(MODELS)}); it is from another version of rnnfast, so use that "
+                              "version or retrain")
+    _check_sizes(config, path)
+    sizes = {k: v for k, v in config.items() if k != "class"}
+    try:
+        dtype = np.dtype(config.get("dtype", "float32")).name
+        expected = {name: (shape, dtype) for name, shape in cls.param_shapes(sizes).items()}
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} describes a model this rnnfast cannot build ({exc}); "
+                              "it is from another version of rnnfast, so use that version or retrain") from None
+    names = [k for k in f.keys() if not k.startswith(NOT_MODEL_PREFIXES)]
+    found = {}
+    for name in names:
+        piece = f.get_slice(name)
+        found[name] = (tuple(piece.get_shape()), _DTYPE_NAMES.get(piece.get_dtype(), piece.get_dtype()))
+    misfit = _misfit(expected, found)
+    if misfit:
+        raise CheckpointError(f"{path} does not fit this {cls.__name__}, the one its metadata describes: it {misfit}"
+                              + ("" if "another tool" in misfit else
+                                 "; the file is damaged or was edited, so use another checkpoint"))
+    return config, names
+
+
+def check_model_fits(path) -> dict:
+    """The model config of the checkpoint at ``path``, checked as :func:`load_model` checks it before
+    building anything (sizes, then every weight's name, shape and dtype against the header); for
+    callers that build the model another way, such as a resumed run."""
+    f, meta, path = _open(path)
+    with f:
+        return _fitting_model(f, meta, path)[0]
+
+
 def load_model(path):
     """A model from a checkpoint written by :class:`rnnfast.Trainer`: ``(model, meta)``.
 
@@ -292,32 +335,7 @@ def load_model(path):
     """
     f, meta, path = _open(path)
     with f:
-        config = meta.get("model")
-        if not isinstance(config, dict):
-            raise CheckpointError(f"{path} holds no model description; use a checkpoint written by rnnfast's trainer")
-        cls = MODELS.get(config.get("class"))
-        if cls is None:
-            raise CheckpointError(f"{path} describes a model of unknown class {config.get('class')!r} (this rnnfast "
-                                  f"builds {', '.join(MODELS)}); it is from another version of rnnfast, so use that "
-                                  "version or retrain")
-        _check_sizes(config, path)
-        sizes = {k: v for k, v in config.items() if k != "class"}
-        try:
-            dtype = np.dtype(config.get("dtype", "float32")).name
-            expected = {name: (shape, dtype) for name, shape in cls.param_shapes(sizes).items()}
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"{path} describes a model this rnnfast cannot build ({exc}); "
-                                  "it is from another version of rnnfast, so use that version or retrain") from None
-        names = [k for k in f.keys() if not k.startswith(NOT_MODEL_PREFIXES)]
-        found = {}
-        for name in names:
-            piece = f.get_slice(name)
-            found[name] = (tuple(piece.get_shape()), _DTYPE_NAMES.get(piece.get_dtype(), piece.get_dtype()))
-        misfit = _misfit(expected, found)
-        if misfit:
-            raise CheckpointError(f"{path} does not fit this {cls.__name__}, the one its metadata describes: it {misfit}"
-                                  + ("" if "another tool" in misfit else
-                                     "; the file is damaged or was edited, so use another checkpoint"))
+        config, names = _fitting_model(f, meta, path)
         try:
             model = from_config(config)
         except (TypeError, ValueError) as exc:

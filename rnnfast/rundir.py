@@ -11,8 +11,8 @@ runs crash or collide.
 - No directory holds a run that never was: :func:`claim` creates and holds the directory for a
   block, and removes it again if the block stops (Ctrl-C, an error) before its first checkpoint.
 - A crash leaves no debris for long: files are written under ``.<name>.<random>.tmp`` and renamed
-  into place (:func:`write_text_atomically`, and ``rnnfast.checkpoint.save_checkpoint``, which
-  names its temporary files the same way); :func:`remove_temp_files` deletes those of a killed
+  into place (:func:`write_text_atomically`, and ``rnnfast.checkpoint.save_checkpoint``, both
+  naming them by :func:`temp_prefix`); :func:`remove_temp_files` deletes those of a killed
   run, and only those, when the next run holds the directory.
 
     >>> import tempfile

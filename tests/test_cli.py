@@ -166,7 +166,7 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and (not (out / "metrics.jsonl").exists()
-                                           or (out / "metrics.jsonl").read_text().count('"step"') < 3):
+                                           or (out / "metrics.jsonl").read_text().count('"event": "step"') < 3):
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)

@@ -307,10 +307,14 @@ def wrong_optimizer_state(tensors, meta):
 @pytest.mark.parametrize("change, says, not_says", [
     (wrong_optimizer_state, "holds optimizer state ", "Traceback"),
     (lambda t, m: t.update({"carry/h": np.zeros((1, 2, 8), np.float32)}), "carried state h", "Traceback"),
-    (lambda t, m: m["model"].update(hidden_size=9), "its model description says hidden_size=9", "from_config"),
+    (lambda t, m: m["model"].update(hidden_size=9), "does not fit this CharRNN", "from_config"),
+    (lambda t, m: m["cli"]["options"].update(hidden=10**9), "say --hidden 1000000000, but the model it holds has "
+     "hidden_size=8", "MemoryError"),
+    (lambda t, m: (m["model"].update(hidden_size=10**9), m["cli"]["options"].update(hidden=10**9)),
+     "claims a hidden size of 1,000,000,000", "MemoryError"),
     (lambda t, m: m.pop("vocab"), "lacks the vocab", "changed since"),
     (lambda t, m: m["trainer"].pop("step"), "damaged metadata", "Traceback"),
-], ids=["optimizer shape", "carried shape", "model config", "no vocabulary", "no step"])
+], ids=["optimizer shape", "carried shape", "model config", "run settings", "both sizes", "no vocabulary", "no step"])
 def test_resume_refuses_a_damaged_checkpoint_before_writing_anything(change, says, not_says, corpus, tmp_path):
     out = trained_run(corpus, tmp_path)
     spoil(out, change)
@@ -319,3 +323,11 @@ def test_resume_refuses_a_damaged_checkpoint_before_writing_anything(change, say
     assert says in result.stderr and not_says not in result.stderr
     assert "damaged or was edited" in result.stderr
     assert digests(out) == before  # config.json, metrics.jsonl and both checkpoints as they were
+
+
+def test_a_resumed_run_keeps_its_evaluation_schedule(corpus, tmp_path):
+    # --eval-every decides the checkpoints and the best: a resume without it evaluates as its run did
+    out = trained_run(corpus, tmp_path, steps=4)  # --eval-every 2
+    run("train", "--resume", out / "latest.safetensors", "--steps", 8)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["event"] == "eval"] == [2, 4, 6, 8]
