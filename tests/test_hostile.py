@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,14 +26,33 @@ GiB = 1 << 30
 PEAK_LIMIT_MB = 400
 
 
+# The child writes its own peak (VmHWM) when it exits. Not wait4's ru_maxrss: a child's maxrss starts
+# from its parent's high-water mark at fork and exec, so under a large pytest process every child
+# read the same 755 MB in CI. VmHWM belongs to the address space exec gives the child.
+PEAK_PRELUDE = """
+import atexit, os
+def _record_peak():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["RNNFAST_TEST_PEAK_FILE"], "w") as out:
+        out.write(kib)
+atexit.register(_record_peak)
+"""
+
+
 def run_measured(code: str, *args) -> tuple[int, str, float]:
     """Run ``python -c code args`` and return its exit code, its stderr and its peak RSS in MB."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen([sys.executable, "-c", code, *map(str, args)], stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here; Popen must not wait again
-        err.seek(0)
-        return proc.returncode, err.read().decode(), usage.ru_maxrss / 1024  # ru_maxrss is in KiB on Linux
+    with tempfile.TemporaryDirectory() as tmp:
+        peak_file = Path(tmp) / "peak"
+        proc = subprocess.run([sys.executable, "-c", PEAK_PRELUDE + code, *map(str, args)], capture_output=True,
+                              text=True, env={**os.environ, "RNNFAST_TEST_PEAK_FILE": str(peak_file)})
+        return proc.returncode, proc.stderr, int(peak_file.read_text()) / 1024
+
+
+def test_the_peak_measurement_sees_what_the_child_allocates():
+    # so that the bounds below can fail: a child touching 600 MB reads above the limit
+    rc, _, peak = run_measured("import numpy as np; np.ones(600 << 20, np.uint8)")
+    assert rc == 0 and 600 < peak < 600 + PEAK_LIMIT_MB
 
 
 CLI = "from rnnfast.cli import main; main()"
