@@ -1,5 +1,5 @@
 """Hostile but fair input: crafted checkpoints and corpora are refused with one line, before they
-cost memory. Memory is bounded by a child process's peak RSS (os.wait4 reports that child's own),
+cost memory. Memory is bounded by a child process's own peak RSS (its VmHWM, see run_measured),
 never by timing."""
 import itertools
 import json
