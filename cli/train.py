@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from rnnfast.backend import to_numpy
 from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar
-from rnnfast.checkpoint import check_model_fits, load_checkpoint
+from rnnfast.checkpoint import check_model_fits, init_weights_from, load_checkpoint, read_meta
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
 from rnnfast.cli.tasks import build_model, read_task, task_of
@@ -112,6 +112,28 @@ def _check_described(opts: dict, resume: Path) -> None:
             raise CheckpointError(f"{resume} is damaged or was edited: its run's settings say --{option} "
                                   f"{opts[option]!r}, but the model it holds has {key}={described.get(key)!r}; "
                                   "use another checkpoint, such as the run's best")
+
+
+def _initialised_options(ctx: click.Context, opts: dict, init_from: Path) -> tuple[dict, dict]:
+    """A new run from ``init_from``'s weights: the task must be the checkpoint's, and the model's
+    shape is the checkpoint's (an explicitly different one is an error, so nothing is silently
+    dropped); everything else, seed and dropout included, is this run's. Also the checkpoint's meta.
+    The whole header is checked here, before anything is built or created."""
+    meta = read_meta(init_from)
+    task, saved = task_of(meta, init_from)
+    if task != opts["task"]:
+        raise click.UsageError(f"--init-from {init_from} holds a {task} model and this is a {opts['task']} run; "
+                               f"use a {opts['task']} checkpoint, or train with --task {task}")
+    shape = ("cell", "hidden", "layers", "dtype", "bidirectional") + (("horizon",) if task == "forecast" else ())
+    for name in shape:
+        if _explicit(ctx, name) and opts[name] != saved[name]:
+            raise click.UsageError(f"--{name} {opts[name]} differs from the --init-from checkpoint's {saved[name]}; "
+                                   "the model's shape comes from the checkpoint: drop the option")
+    opts = {**opts, **{name: saved[name] for name in shape}}
+    _check_described(opts, init_from)
+    if task == "classify" and "labels" not in meta:
+        raise CheckpointError(f"{init_from} has no labels in its metadata; use a checkpoint from a run directory")
+    return opts, meta
 
 
 def _check_resumable(meta: dict, td, model, resume: Path) -> None:
@@ -214,6 +236,10 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
                    "[default: runs/<task>-<cell>-<date>-<time>, or the resumed checkpoint's directory]")
 @click.option("--resume", type=click.Path(path_type=Path), default=None, metavar="CKPT",
               help="Continue a run exactly from its checkpoint (its settings come from the checkpoint).")
+@click.option("--init-from", type=click.Path(path_type=Path), default=None, metavar="CKPT",
+              help="Start a new run (new directory, fresh optimizer, step 0) from a checkpoint's weights, on "
+                   "DATA; the model's shape comes from the checkpoint, and a character model's new characters "
+                   "get fresh rows.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of DATA (e.g. latin-1).")
 @click.option("--column", default=None, help="forecast: the CSV column to forecast (header name or 0-based index).")
 @click.option("--window", type=click.IntRange(min=1), default=32, show_default=True,
@@ -240,7 +266,10 @@ def train(ctx, **opts):
     RUN/config.json repeats a run.
     """
     preload_plotting()
-    resume = opts.pop("resume")
+    resume, init_from = opts.pop("resume"), opts.pop("init_from")
+    if resume is not None and init_from is not None:
+        raise click.UsageError("--init-from starts a new run from a checkpoint's weights and --resume continues "
+                               "one exactly; give one of them")
     device = resolve_device(opts.pop("device"))
     out, progress, eval_every, patience = opts.pop("out"), opts.pop("progress"), opts.pop("eval_every"), opts.pop("patience")
     saved_limits = meta = None
@@ -251,6 +280,8 @@ def train(ctx, **opts):
         schedule = meta["cli"].get("schedule", {})
         eval_every = eval_every if _explicit(ctx, "eval_every") else schedule.get("eval_every", eval_every)
         patience = patience if _explicit(ctx, "patience") else schedule.get("patience", patience)
+    if init_from is not None:
+        opts, init_meta = _initialised_options(ctx, opts, init_from)
     if opts["dropout"] is None:
         opts["dropout"] = DEFAULT_DROPOUT[opts["task"]]
     if opts["bidirectional"] and opts["task"] == "charlm":
@@ -267,6 +298,11 @@ def train(ctx, **opts):
     if meta is not None:
         _check_resumable(meta, td, model, resume)
         check_same_data(meta, td, resume)
+    if init_from is not None:
+        if opts["task"] == "classify" and init_meta["labels"] != td.meta["labels"]:
+            raise click.UsageError(f"the labels of {opts['data']} are not those of --init-from {init_from} "
+                                   f"({', '.join(map(repr, init_meta['labels']))}); use data with the same labels")
+        init_weights_from(model, init_from, chars=td.meta.get("vocab", {}).get("chars"))
     if device == "gpu":
         model.to("gpu")
     if opts["task"] == "charlm":
@@ -280,6 +316,9 @@ def train(ctx, **opts):
         compile_backward_in_background(opts["cell"], opts["dtype"], type(optimizer).__name__, td.train.dtype)
     # The absolute path, so that eval and resume find the data from any working directory.
     run_options = {**{k: opts[k] for k in RUN_OPTIONS}, "data": _absolute(opts["data"])}
+    # For the user's information (a resumed run keeps its record); --config RUN/config.json repeats it.
+    init_record = _absolute(init_from) if init_from is not None else (meta or {}).get("cli", {}).get("init_from")
+    origin = {} if init_record is None else {"init_from": init_record}
     # Only now, so that bad input leaves no run directory behind; from here on this run holds it, and
     # gives it back if it stops before its first checkpoint.
     with claim(out, unique=default_name, written=RUN_FILES) as out:
@@ -293,15 +332,16 @@ def train(ctx, **opts):
                        JSONLLogger(out / "metrics.jsonl")],
             meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
                                      "baseline_name": td.baseline_name,
-                                     "schedule": {"eval_every": eval_every, "patience": patience}}},
+                                     "schedule": {"eval_every": eval_every, "patience": patience}, **origin}},
             resume=resume,
         )
         # after the resume's checks, so that a checkpoint that cannot be continued leaves the run as it was
-        write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every},
+        write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every, **origin},
                                                               indent=2) + "\n")
 
         n_params = model.num_params()
-        start = f"resuming {resume} at step {trainer.step}" if resume else "training"
+        start = (f"resuming {resume} at step {trainer.step}" if resume else
+                 f"training from the weights of {init_from}" if init_from else "training")
         click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
                    f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "
                    f"stops after {_describe_limits(limits)}; run directory {out}", err=True)

@@ -345,3 +345,57 @@ def load_model(path):
     if "rng" in meta:
         model.set_rng_state(meta["rng"])
     return model.eval(), meta
+
+
+# -- a new run from a checkpoint's weights ------------------------------------------------------
+
+# The parameters of each model whose first axis is the vocabulary: their rows follow the characters
+# when a new run's data has another vocabulary (a classifier's head is over labels, not characters).
+VOCAB_ROWS = {"CharRNN": ("embed.weight", "head.weight", "head.bias"), "SeqClassifier": ("embed.weight",)}
+
+
+def read_meta(path) -> dict:
+    """The rnnfast metadata of the checkpoint at ``path``, from its header alone (no tensor is read)."""
+    f, meta, _ = _open(path)
+    with f:
+        return meta
+
+
+def init_weights_from(model, path, chars=None) -> None:
+    """Start ``model``, freshly built with the shape of the checkpoint at ``path``, from its weights.
+
+    With ``chars`` (the new data's vocabulary, in id order) the rows of :data:`VOCAB_ROWS` follow
+    the characters: one the checkpoint knows gets its rows, a new one keeps the row ``model`` was
+    initialised with, and one the new data lacks is dropped. Every other weight is copied as it
+    is. The checkpoint is checked as :func:`load_model` checks it; a model of another shape is a
+    one-line CheckpointError.
+
+        >>> import tempfile, os
+        >>> from rnnfast.models import CharRNN
+        >>> path = os.path.join(tempfile.mkdtemp(), "best.safetensors")
+        >>> old = CharRNN(3, hidden_size=4, num_layers=1, seed=0)
+        >>> save_checkpoint(path, old.state_dict(), {"model": old.config(), "vocab": {"chars": ["a", "b", "c"]}})
+        >>> new = CharRNN(3, hidden_size=4, num_layers=1, seed=1)
+        >>> init_weights_from(new, path, chars=["b", "c", "d"])  # "a" dropped, "d" new
+        >>> bool((new.params["embed.weight"][0] == old.params["embed.weight"][1]).all())
+        True
+    """
+    source, meta = load_model(path)
+    theirs, own = source.state_dict(), model.state_dict()
+    remapped = VOCAB_ROWS.get(type(model).__name__, ()) if chars is not None else ()
+    if remapped:
+        index = {c: i for i, c in enumerate(meta.get("vocab", {}).get("chars", ()))}
+        kept = [(new, index[c]) for new, c in enumerate(chars) if c in index]
+        new_ids, old_ids = (np.array(ids, dtype=np.intp) for ids in zip(*kept)) if kept else ([], [])
+    # the vocabulary axis may differ; everything else must be the checkpoint's
+    misfit = _misfit({k: (v.shape[1:] if k in remapped else v.shape, v.dtype.name) for k, v in own.items()},
+                     {k: (v.shape[1:] if k in remapped else v.shape, v.dtype.name) for k, v in theirs.items()})
+    if misfit:
+        raise CheckpointError(f"{path} does not fit this {type(model).__name__}: it {misfit}; "
+                              "build the new model with the checkpoint's shape")
+    for name in own:
+        if name in remapped:
+            own[name][new_ids] = theirs[name][old_ids]
+        else:
+            own[name] = theirs[name]
+    model.load_state_dict(own)
