@@ -18,7 +18,7 @@ from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plo
 from rnnfast.cli.tasks import build_model, read_task, task_of
 from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
 from rnnfast.errors import CheckpointError
-from rnnfast.optim import SGD, Adagrad, Adam, AdamW, RMSprop
+from rnnfast.optim import SGD, Adagrad, Adam, AdamW, Constant, CosineWarmup, ExponentialDecay, RMSprop, StepDecay, Warmup
 from rnnfast.rundir import CHECKPOINT_FILES as CHECKPOINTS, claim, write_text_atomically
 from rnnfast.tasks import TASKS, check_same_data, describe_loss
 from rnnfast.trainer import Trainer, config_mismatch
@@ -31,6 +31,10 @@ OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "ada
 RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirectional", "seq_len", "batch_size",
                "lr", "optimizer", "weight_decay", "clip", "val_frac", "seed", "dtype", "encoding", "column",
                "window", "horizon", "text_column", "label_column")
+# The learning-rate schedule is a function of the step, so a resumed run continues it by rebuilding it.
+# Checkpoints from before these options ran the constant rate, which their defaults give.
+LR_SCHEDULE_OPTIONS = ("lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr")
+RUN_OPTIONS += LR_SCHEDULE_OPTIONS
 LIMITS = ("steps", "epochs", "time_budget")
 
 # With no --steps, --epochs or --time-budget a run stops after this many seconds: long enough for
@@ -72,6 +76,7 @@ def _resumed_options(ctx: click.Context, opts: dict, resume: Path) -> tuple[dict
     and its meta."""
     _, meta = load_checkpoint(resume)
     _, saved = task_of(meta, resume)
+    saved = {**{p.name: p.default for p in ctx.command.params if p.name in LR_SCHEDULE_OPTIONS}, **saved}
     for name in RUN_OPTIONS:
         mine = _absolute(opts[name]) if name == "data" else opts[name]
         if _explicit(ctx, name) and mine != saved[name]:
@@ -172,6 +177,41 @@ def _describe_limits(limits: dict) -> str:
     return " or ".join(p for p in parts if p)
 
 
+def _lr_schedule(opts: dict, total_steps: int | None):
+    """The learning-rate schedule the options describe (None for the constant rate with no warm-up,
+    which leaves the optimizer's lr alone as before there were schedules); a bad combination is a
+    UsageError. ``total_steps``: the steps cosine decays over (the run's first --steps)."""
+    kind, lr, warmup = opts["lr_schedule"], opts["lr"], opts["warmup_steps"]
+    uses = {"lr_step_size": ("step",), "lr_gamma": ("step", "exponential"), "min_lr": ("cosine",)}
+    for name, kinds in uses.items():
+        if opts[name] is not None and kind not in kinds:
+            raise click.UsageError(f"--{name.replace('_', '-')} is for --lr-schedule {' and '.join(kinds)}, "
+                                   f"not {kind}; drop it or choose that schedule")
+    if kind == "cosine":
+        min_lr = opts["min_lr"] or 0.0
+        if total_steps is None:
+            raise click.UsageError("--lr-schedule cosine decays over --steps; give --steps N")
+        if warmup >= total_steps:
+            raise click.UsageError(f"--warmup-steps {warmup} leaves no steps of the {total_steps} for the cosine "
+                                   "decay; use fewer warm-up steps or more --steps")
+        if min_lr > lr:
+            raise click.UsageError(f"--min-lr {min_lr:g} is above --lr {lr:g}; cosine decays from --lr down to --min-lr")
+        return CosineWarmup(lr, warmup, total_steps, min_lr)
+    if kind == "step":
+        if opts["lr_step_size"] is None:
+            raise click.UsageError("--lr-schedule step needs --lr-step-size N, the steps between decays")
+        schedule = StepDecay(lr, opts["lr_step_size"], 0.1 if opts["lr_gamma"] is None else opts["lr_gamma"])
+    elif kind == "exponential":
+        if opts["lr_gamma"] is None:
+            raise click.UsageError("--lr-schedule exponential needs --lr-gamma G, the factor per step (e.g. 0.999)")
+        schedule = ExponentialDecay(lr, opts["lr_gamma"])
+    elif warmup == 0:
+        return None
+    else:
+        schedule = Constant(lr)
+    return Warmup(schedule, warmup) if warmup else schedule
+
+
 def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
     title = f"{opts['task']} {opts['cell']} {opts['layers']}x{opts['hidden']}"
     written = []
@@ -207,7 +247,18 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Sequences per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
-              help="Learning rate.")
+              help="Learning rate (the peak rate under a schedule).")
+@click.option("--lr-schedule", type=click.Choice(["constant", "cosine", "step", "exponential"]), default="constant",
+              show_default=True, help="How the learning rate changes with the step: cosine decays from --lr to "
+                                      "--min-lr over --steps; step multiplies it by --lr-gamma every --lr-step-size "
+                                      "steps; exponential by --lr-gamma every step.")
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Ramp the rate up linearly over this many first steps, then follow --lr-schedule.")
+@click.option("--lr-step-size", type=click.IntRange(min=1), default=None, help="step: steps between decays.")
+@click.option("--lr-gamma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="step, exponential: the factor per decay.  [default for step: 0.1]")
+@click.option("--min-lr", type=click.FloatRange(min=0), default=None,
+              help="cosine: the rate it ends at.  [default: 0]")
 @click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)), default="adam", show_default=True,
               help="Update rule (each matches its torch.optim namesake).")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -287,6 +338,9 @@ def train(ctx, **opts):
     if opts["bidirectional"] and opts["task"] == "charlm":
         raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
     limits = _limits(ctx, opts, saved_limits)
+    # cosine decays over the run's first --steps, which a resumed run keeps even when given more steps
+    lr_total_steps = limits["steps"] if meta is None else meta["cli"].get("schedule", {}).get("lr_total_steps")
+    lr_schedule = _lr_schedule(opts, lr_total_steps)
     out, default_name = _run_dir(out, opts, resume)
     if not default_name:  # a default name is made unique when claimed
         _refuse_another_run(out, resume)  # now, not after the seconds of start-up
@@ -326,13 +380,15 @@ def train(ctx, **opts):
         if resume is None:
             (out / "metrics.jsonl").unlink(missing_ok=True)  # of a run killed before its first checkpoint
         trainer = Trainer(
-            model, optimizer, train_data, td.val, clip=opts["clip"] or None, eval_every=eval_every,
-            early_stopping_patience=patience, out_dir=out,
+            model, optimizer, train_data, td.val, clip=opts["clip"] or None, schedule=lr_schedule,
+            eval_every=eval_every, early_stopping_patience=patience, out_dir=out,
             callbacks=[ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
                        JSONLLogger(out / "metrics.jsonl")],
             meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
                                      "baseline_name": td.baseline_name,
-                                     "schedule": {"eval_every": eval_every, "patience": patience}, **origin}},
+                                     "schedule": {"eval_every": eval_every, "patience": patience,
+                                                  "lr_total_steps": getattr(lr_schedule, "total_steps", None)},
+                                     **origin}},
             resume=resume,
         )
         # after the resume's checks, so that a checkpoint that cannot be continued leaves the run as it was

@@ -206,7 +206,7 @@ class JSONLLogger(Callback):
 
 
 class ProgressBar(Callback):
-    """A tqdm bar: step (of the total when known), loss, validation loss, tokens/s and ETA.
+    """A tqdm bar: step (of the total when known), loss, validation loss, learning rate, tokens/s and ETA.
     ``kwargs`` go to ``tqdm`` (e.g. ``file=``, ``disable=``)."""
 
     def __init__(self, **kwargs):
@@ -225,6 +225,7 @@ class ProgressBar(Callback):
         postfix = {"loss": f"{logs['loss']:.4f}"}
         if self._val is not None:
             postfix["val"] = f"{self._val:.4f}"
+        postfix["lr"] = f"{logs['lr']:.3g}"
         postfix["tok/s"] = f"{logs['tokens_per_s']:,.0f}"
         if logs["eta"] is not None:
             postfix["eta"] = time.strftime("%H:%M:%S", time.gmtime(logs["eta"]))

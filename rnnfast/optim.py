@@ -312,6 +312,16 @@ def clip_grad_value(grads: dict, clip_value: float) -> None:
 
 
 @dataclass(frozen=True)
+class Constant:
+    """``base_lr`` at every step: what a plain optimizer does, as a schedule :class:`Warmup` can ramp up to."""
+
+    base_lr: float
+
+    def lr_at(self, step: int) -> float:
+        return self.base_lr
+
+
+@dataclass(frozen=True)
 class StepDecay:
     """``base_lr * gamma ** (step // step_size)``, as torch.optim.lr_scheduler.StepLR."""
 
@@ -322,6 +332,8 @@ class StepDecay:
     def __post_init__(self):
         if self.step_size < 1:
             raise ValueError(f"StepDecay needs step_size >= 1, got {self.step_size}")
+        if not self.gamma > 0:
+            raise ValueError(f"StepDecay needs gamma > 0, got {self.gamma}")
 
     def lr_at(self, step: int) -> float:
         return self.base_lr * self.gamma ** (step // self.step_size)
@@ -333,6 +345,10 @@ class ExponentialDecay:
 
     base_lr: float
     gamma: float
+
+    def __post_init__(self):
+        if not self.gamma > 0:
+            raise ValueError(f"ExponentialDecay needs gamma > 0, got {self.gamma}")
 
     def lr_at(self, step: int) -> float:
         return self.base_lr * self.gamma**step
@@ -363,3 +379,28 @@ class CosineWarmup:
             return self.base_lr * (step + 1) / self.warmup_steps
         t = min(1.0, (step - self.warmup_steps) / (self.total_steps - self.warmup_steps))
         return self.min_lr + (self.base_lr - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+@dataclass(frozen=True)
+class Warmup:
+    """Linear warm-up to ``schedule``'s first rate, then ``schedule`` with its steps counted from the end
+    of the warm-up:
+
+    - ``step < warmup_steps``: ``schedule.lr_at(0) * (step + 1) / warmup_steps``, as :class:`CosineWarmup`'s;
+    - then ``schedule.lr_at(step - warmup_steps)``.
+
+    torch's equivalent is ``SequentialLR([LinearLR(start_factor=1/warmup_steps, total_iters=warmup_steps - 1),
+    <schedule>], milestones=[warmup_steps])``.
+    """
+
+    schedule: object
+    warmup_steps: int
+
+    def __post_init__(self):
+        if self.warmup_steps < 0:
+            raise ValueError(f"Warmup needs warmup_steps >= 0, got {self.warmup_steps}")
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return self.schedule.lr_at(0) * (step + 1) / self.warmup_steps
+        return self.schedule.lr_at(step - self.warmup_steps)
