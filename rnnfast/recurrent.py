@@ -12,10 +12,17 @@ Parameters carry PyTorch's names, shapes, gate orders and init (``weight_ih_l{k}
     >>> y.shape, h.shape, dx.shape
     ((6, 3, 16), (4, 3, 8), (6, 3, 4))
 
-A layer owns the time loop (in the kernels), the stacking of layers, both directions and the
-dropout between layers; the kernels (``rnnfast.kernels.<backend>.<cell>``) do one layer and one
+A layer owns the time loop (in the kernels), the stacking of layers, both directions, the
+dropout between layers and the weight drop on ``W_hh``; the kernels (``rnnfast.kernels.<backend>.<cell>``) do one layer and one
 direction. The backward direction runs over each sequence reversed within its own length.
 ``forward`` keeps the caches of its last call and ``backward`` runs BPTT through them.
+
+``weight_drop=p`` is DropConnect on the recurrent weights, as AWD-LSTM (Merity et al. 2017) does it:
+in training mode each forward call draws one mask per layer and direction over ``W_hh`` (zero with
+probability p, else ``1/(1-p)``, inverted-dropout scaling), shared by the batch and every time
+step; the kernels run on ``W_hh * mask`` and backward masks the gradient the same way,
+``dW_hh += mask * dW_hh_eff``. Eval mode uses the plain weights. The masks come from the same
+counter-based streams as the dropout (``rng_state``), so CPU and GPU draw the same ones.
 """
 from __future__ import annotations
 
@@ -85,7 +92,8 @@ class _Recurrent(Module):
     cell = "rnn"  # the kind: "rnn", "lstm" or "gru"
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity=None):
+                 dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity=None,
+                 weight_drop=0.0):
         super().__init__()
         if nonlinearity is not None and self.cell != "rnn":
             raise TypeError(f"{type(self).__name__} has no nonlinearity option")
@@ -95,12 +103,15 @@ class _Recurrent(Module):
         _check_size("num_layers", num_layers)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        if not 0.0 <= float(weight_drop) < 1.0:
+            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop!r}")
         choices = [c.activation for c in CELLS.values() if c.kind == "rnn"]
         if nonlinearity not in choices:
             raise ValueError(f"nonlinearity must be one of {', '.join(map(repr, choices))}, got {nonlinearity!r}")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.nonlinearity = bool(bidirectional), nonlinearity
+        self.weight_drop = float(weight_drop)
         self.spec = cell_named(self.cell, nonlinearity)
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _check_dtype(dtype)
@@ -213,7 +224,7 @@ class _Recurrent(Module):
         lengths_dev = None if host_lengths is None else xp.asarray(host_lengths)
         rev = None if host_lengths is None else _reverse_index(lengths_dev, T, B, xp)
         forward = be.kernels.KERNELS[self.spec.name][0]
-        caches, masks, finals = [], [], [[] for _ in state]
+        caches, masks, weight_masks, finals = [], [], [], [[] for _ in state]
         layer_in = xp.ascontiguousarray(x)
         for layer in range(self.num_layers):
             if layer > 0 and self.training and self.dropout > 0:
@@ -227,14 +238,21 @@ class _Recurrent(Module):
             for d, suffix in enumerate(self._suffixes):
                 idx = layer * self.num_directions + d
                 inp = layer_in if d == 0 else xp.ascontiguousarray(_reverse(layer_in, rev, xp))
-                y_d, final, cache = forward(inp, tuple(s[idx] for s in state), self.direction_weights(layer, d, xp),
-                                            lengths_dev)
+                w_ih, w_hh, b_ih, b_hh = self.direction_weights(layer, d, xp)
+                weight_mask = None
+                if self.training and self.weight_drop > 0:
+                    weight_mask = dropout_mask(w_hh.shape, self.weight_drop, self.dropout_seed, self.dropout_stream,
+                                               xp, self.dtype)
+                    self.dropout_stream += 1
+                    w_hh = w_hh * weight_mask
+                weight_masks.append(weight_mask)
+                y_d, final, cache = forward(inp, tuple(s[idx] for s in state), (w_ih, w_hh, b_ih, b_hh), lengths_dev)
                 outs.append(y_d if d == 0 else _reverse(y_d, rev, xp))
                 caches.append(cache)
                 for acc, f in zip(finals, final):
                     acc.append(f)
             layer_in = outs[0] if len(outs) == 1 else xp.concatenate(outs, axis=2)
-        self._cache = (be, caches, masks, rev, B)
+        self._cache = (be, caches, masks, weight_masks, rev, B)
         y = layer_in.transpose(1, 0, 2) if self.batch_first else layer_in
         final_state = tuple(xp.stack(f) for f in finals)
         return y, (final_state if self.has_cell_state else final_state[0])
@@ -244,7 +262,7 @@ class _Recurrent(Module):
         form as the state, None for zeros). Adds into ``grads``; returns dx (like x) and dstate0."""
         if self._cache is None:
             raise RuntimeError("backward() called before forward(); run the layer on an input first")
-        be, caches, masks, rev, B = self._cache
+        be, caches, masks, weight_masks, rev, B = self._cache
         xp = be.xp
         if get_backend(dy, dstate) is not be:
             raise TypeError("dy and dstate must be on the same device as the forward input")
@@ -273,7 +291,15 @@ class _Recurrent(Module):
                 dfinal = tuple(None if s is None else s[idx] for s in dstate)
                 grads = tuple(self._grads.get(f"{name}_l{layer}{suffix}")
                               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
-                dx_d, dinit, _ = backward(xp.ascontiguousarray(dy_d), dfinal, caches[idx], grads)
+                weight_mask = weight_masks[idx]
+                if weight_mask is not None:
+                    # the kernels add into the buffers, so dW_hh_eff goes to a temporary and only
+                    # this call's part is masked, not the gradient accumulated before it
+                    dw_hh = grads[1]
+                    grads = (grads[0], xp.zeros_like(dw_hh)) + grads[2:]
+                dx_d, dinit, filled = backward(xp.ascontiguousarray(dy_d), dfinal, caches[idx], grads)
+                if weight_mask is not None:
+                    dw_hh += filled[1] * weight_mask
                 if d == 1:
                     dx_d = _reverse(dx_d, rev, xp)
                 dx_layer = dx_d if dx_layer is None else dx_layer + dx_d
@@ -285,7 +311,7 @@ class _Recurrent(Module):
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
         return dx, (tuple(dstate0) if self.has_cell_state else dstate0[0])
 
-    # -- reproducible dropout -------------------------------------------------------------------
+    # -- reproducible dropout and weight drop ---------------------------------------------------
     def rng_state(self) -> dict:
         return {"seed": self.dropout_seed, "stream": self.dropout_stream}
 
@@ -295,7 +321,8 @@ class _Recurrent(Module):
     def __repr__(self):
         extra = f", nonlinearity={self.nonlinearity!r}" if self.cell == "rnn" else ""
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-                f", bidirectional={self.bidirectional}, dropout={self.dropout}{extra}, dtype={self.dtype.name})")
+                f", bidirectional={self.bidirectional}, dropout={self.dropout}"
+                f", weight_drop={self.weight_drop}{extra}, dtype={self.dtype.name})")
 
 
 class RNN(_Recurrent):
@@ -327,6 +354,9 @@ class _Cell(Module):
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, **kwargs):
         super().__init__()
+        if kwargs.get("weight_drop", 0):
+            raise ValueError(f"{type(self).__name__} has no weight_drop: a mask per forward call would be a new mask "
+                             f"every step; run rf.{self.layer_class.__name__}(..., weight_drop=p) over the sequence")
         self._layer = self.layer_class(input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **kwargs)
         self.input_size, self.hidden_size, self.dtype = input_size, hidden_size, self._layer.dtype
         for name in list(self._layer._params):
