@@ -54,7 +54,8 @@ def build_model(opts: dict, td: TaskData):
     """The task's model, freshly initialised from the options (the seed fixes every weight)."""
     return tasks.build_model(opts["task"], td, hidden_size=opts["hidden"], num_layers=opts["layers"], cell=opts["cell"],
                              dropout=opts["dropout"], dtype=opts["dtype"], seed=opts["seed"],
-                             bidirectional=opts["bidirectional"], horizon=opts["horizon"])
+                             bidirectional=opts["bidirectional"], horizon=opts["horizon"],
+                             weight_drop=opts["weight_drop"])
 
 
 def task_of(meta: dict, path) -> tuple[str, dict]:

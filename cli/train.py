@@ -34,7 +34,9 @@ RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirecti
 # The learning-rate schedule is a function of the step, so a resumed run continues it by rebuilding it.
 # Checkpoints from before these options ran the constant rate, which their defaults give.
 LR_SCHEDULE_OPTIONS = ("lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr")
-RUN_OPTIONS += LR_SCHEDULE_OPTIONS
+# Options newer than some checkpoints: a checkpoint without one ran what its default gives.
+NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop",)
+RUN_OPTIONS += NEWER_OPTIONS
 LIMITS = ("steps", "epochs", "time_budget")
 
 # With no --steps, --epochs or --time-budget a run stops after this many seconds: long enough for
@@ -76,7 +78,7 @@ def _resumed_options(ctx: click.Context, opts: dict, resume: Path) -> tuple[dict
     and its meta."""
     _, meta = load_checkpoint(resume)
     _, saved = task_of(meta, resume)
-    saved = {**{p.name: p.default for p in ctx.command.params if p.name in LR_SCHEDULE_OPTIONS}, **saved}
+    saved = {**{p.name: p.default for p in ctx.command.params if p.name in NEWER_OPTIONS}, **saved}
     for name in RUN_OPTIONS:
         mine = _absolute(opts[name]) if name == "data" else opts[name]
         if _explicit(ctx, name) and mine != saved[name]:
@@ -239,6 +241,9 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Dropout between layers and before the output layer, in [0, 1). "
                    "[default: 0.3 for charlm, 0 for forecast and classify]")
+@click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="DropConnect on the recurrent weights W_hh (AWD-LSTM), in [0, 1): one mask per layer "
+                   "and batch, scaled by 1/(1-p), in training only.")
 @click.option("--bidirectional", is_flag=True,
               help="Read each sequence both ways (forecast and classify; a character model must read forwards).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,

@@ -177,10 +177,10 @@ def classify_eval_data(meta: dict, path, *, seq_len: int, text_column="text", la
 
 def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, cell: str = "lstm",
                 dropout: float = 0.0, dtype=np.float32, seed: int | None = None, bidirectional: bool = False,
-                horizon: int = 1):
+                horizon: int = 1, weight_drop: float = 0.0):
     """The task's model for ``td``, freshly initialised (the seed fixes every weight)."""
     common = dict(hidden_size=hidden_size, num_layers=num_layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
-                  seed=seed)
+                  seed=seed, weight_drop=weight_drop)
     if task == "charlm":
         return CharRNN(len(td.meta["vocab"]["chars"]), **common)
     if task == "forecast":

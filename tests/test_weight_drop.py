@@ -222,3 +222,23 @@ def test_a_cell_refuses_weight_drop_and_says_what_to_use():
 
 def test_repr_shows_weight_drop():
     assert "weight_drop=0.25" in repr(rf.GRU(3, 4, weight_drop=0.25))
+
+
+# -- rnnfast train --weight-drop ----------------------------------------------------------------
+def test_train_records_weight_drop_so_resume_rebuilds_it(shakespeare_path, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint
+    from rnnfast.models import from_config
+    from test_cli import TINY, run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_path.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out, "--weight-drop", 0.25)
+    _, meta = load_checkpoint(out / "latest.safetensors")
+    assert meta["cli"]["options"]["weight_drop"] == 0.25
+    assert from_config(meta["model"]).rnn.weight_drop == 0.25
+    result = run("train", "--resume", out / "latest.safetensors", "--steps", 3, "--weight-drop", 0.5, ok=False)
+    assert "--weight-drop 0.5 differs" in result.stderr
+    run("train", "--resume", out / "latest.safetensors", "--steps", 3)
+    assert run("train", corpus, *TINY, "--weight-drop", 1, "--out", tmp_path / "bad", ok=False).stderr
+    assert not (tmp_path / "bad").exists()

@@ -17,12 +17,14 @@ from rnnfast.recurrent import GRU, LSTM, RNN, param_shapes
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
-def recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, dtype, seed, batch_first):
+def recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, dtype, seed, batch_first,
+                    weight_drop=0.0):
     """The model's recurrent part: the ``cell`` layer of :data:`CELLS`, or a ValueError naming the cells."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     return CELLS[cell](input_size, hidden_size, num_layers=num_layers, dropout=dropout,
-                       bidirectional=bidirectional, dtype=dtype, seed=seed, batch_first=batch_first)
+                       bidirectional=bidirectional, dtype=dtype, seed=seed, batch_first=batch_first,
+                       weight_drop=weight_drop)
 
 
 def recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional) -> dict[str, tuple]:

@@ -31,15 +31,17 @@ class CharRNN(CharSampling, Model):
     """
 
     def __init__(self, vocab_size: int, hidden_size: int = 256, num_layers: int = 2, cell: str = "lstm",
-                 dropout: float = 0.0, embedding_dim: int | None = None, dtype=np.float32, seed: int | None = None):
+                 dropout: float = 0.0, embedding_dim: int | None = None, dtype=np.float32, seed: int | None = None,
+                 weight_drop: float = 0.0):
         seed = resolve_seed(seed)
         embedding_dim = hidden_size if embedding_dim is None else embedding_dim
         dtype = np.dtype(dtype)
         super().__init__(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, cell=cell,
-                         dropout=float(dropout), embedding_dim=embedding_dim, dtype=dtype.name, seed=seed)
+                         dropout=float(dropout), embedding_dim=embedding_dim, dtype=dtype.name, seed=seed,
+                         weight_drop=float(weight_drop))
         s = child_seeds(seed, 4)
         # built first: it checks sizes, dropout and dtype with the clearest messages
-        rnn = recurrent_layer(cell, embedding_dim, hidden_size, num_layers, dropout, False, dtype, s[1], False)
+        rnn = recurrent_layer(cell, embedding_dim, hidden_size, num_layers, dropout, False, dtype, s[1], False, weight_drop)
         self.add("embed", Embedding(vocab_size, embedding_dim, dtype=dtype, seed=s[0]))
         self.add("rnn", rnn)
         self.add("drop", Dropout(dropout, seed=s[3]))
