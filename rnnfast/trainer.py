@@ -83,9 +83,16 @@ class _Progress:
     last_val: dict | None = None
 
 
+# Model settings added after checkpoints were first written, with the value a checkpoint that
+# lacks one was trained with, so that a run from before a setting existed still resumes.
+ADDED_SETTINGS = {"weight_drop": 0.0}
+
+
 def config_mismatch(saved: dict, ours: dict) -> list[tuple[str, object, object]]:
     """``(setting, saved value, our value)`` for each setting but the seed in which a checkpoint's
-    model config differs from a model's (empty when they agree)."""
+    model config differs from a model's (empty when they agree); a setting in ADDED_SETTINGS that
+    the checkpoint lacks counts as its value there."""
+    saved = {**{k: v for k, v in ADDED_SETTINGS.items() if k in ours}, **saved}
     return [(k, saved.get(k), ours.get(k)) for k in sorted(set(saved) | set(ours))
             if k != "seed" and saved.get(k) != ours.get(k)]
 

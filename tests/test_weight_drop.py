@@ -242,3 +242,18 @@ def test_train_records_weight_drop_so_resume_rebuilds_it(shakespeare_path, tmp_p
     run("train", "--resume", out / "latest.safetensors", "--steps", 3)
     assert run("train", corpus, *TINY, "--weight-drop", 1, "--out", tmp_path / "bad", ok=False).stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_checkpoint_from_before_weight_drop_still_resumes(shakespeare_path, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint, save_checkpoint
+    from test_cli import TINY, run
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(shakespeare_path.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out)
+    tensors, meta = load_checkpoint(out / "latest.safetensors")
+    del meta["model"]["weight_drop"], meta["cli"]["options"]["weight_drop"]  # as written before the option
+    save_checkpoint(out / "latest.safetensors", tensors, meta)
+    result = run("train", "--resume", out / "latest.safetensors", "--steps", 3)
+    assert "step 3" in result.stdout + result.stderr
