@@ -35,7 +35,7 @@ import rnnfast as rf
 from rnnfast.bench.scenarios import Scenario, select
 from rnnfast.kernels.cells import cell_named
 from rnnfast.kernels.cpu.gemm import gemm
-from rnnfast.testing import rel_err  # noqa: F401  (the bench's rows import it from here)
+from rnnfast.testing import rel_err
 
 try:
     import torch

@@ -21,9 +21,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import rnnfast as rf
-from rnnfast.bench.harness import SETTLE_S, TOLERANCE, rel_err
+from rnnfast.bench.harness import SETTLE_S, TOLERANCE
 from rnnfast.bench.scenarios import Scenario
 from rnnfast.bench.train_step import build_pair
+from rnnfast.testing import rel_err
 
 # CharRNN.evaluate's defaults, what `rnnfast train` validates with.
 EVAL_B, EVAL_T = 32, 128

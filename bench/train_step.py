@@ -20,8 +20,9 @@ from __future__ import annotations
 import numpy as np
 
 import rnnfast as rf
-from rnnfast.bench.harness import TOLERANCE, paired_ratio, rel_err, time_alternating
+from rnnfast.bench.harness import TOLERANCE, paired_ratio, time_alternating
 from rnnfast.bench.scenarios import TRAIN_CELLS, Scenario
+from rnnfast.testing import rel_err
 
 # rnnfast train's defaults (cli/train.py), the step a user's run takes.
 LR, CLIP = 2e-3, 5.0

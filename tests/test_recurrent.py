@@ -15,7 +15,7 @@ def make_layer(cell, I, H, **kwargs):
     return {"lstm": rf.LSTM, "gru": rf.GRU}[cell](I, H, **kwargs)
 
 
-def random_inputs(layer, T, B, rng, dtype):
+def random_inputs(layer, T, B, rng, dtype=np.float64):
     x = rng.standard_normal((T, B, layer.input_size)).astype(dtype)
     shape = (layer.num_layers * layer.num_directions, B, layer.hidden_size)
     state = tuple(rng.standard_normal(shape).astype(dtype) for _ in range(2 if layer.has_cell_state else 1))

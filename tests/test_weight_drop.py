@@ -7,29 +7,9 @@ import pytest
 import rnnfast as rf
 from rnnfast import testing
 from rnnfast.random import dropout_mask
+from test_recurrent import as_state, as_tuple, make_layer, random_inputs, weighted_loss
 
 CELLS = ["rnn_tanh", "lstm", "gru"]
-
-
-def make_layer(cell, I, H, **kwargs):
-    if cell.startswith("rnn"):
-        return rf.RNN(I, H, nonlinearity=cell[4:], **kwargs)
-    return {"lstm": rf.LSTM, "gru": rf.GRU}[cell](I, H, **kwargs)
-
-
-def as_tuple(state):
-    return state if isinstance(state, tuple) else (state,)
-
-
-def as_state(layer, parts):
-    return tuple(parts) if layer.has_cell_state else parts[0]
-
-
-def random_inputs(layer, T, B, rng, dtype=np.float64):
-    x = rng.standard_normal((T, B, layer.input_size)).astype(dtype)
-    shape = (layer.num_layers * layer.num_directions, B, layer.hidden_size)
-    state = tuple(rng.standard_normal(shape).astype(dtype) for _ in range(2 if layer.has_cell_state else 1))
-    return x, state
 
 
 def masked_copy(layer, stream):
@@ -65,8 +45,7 @@ def test_gradients_match_central_differences_with_the_mask_fixed(cell, num_layer
 
     def loss():
         layer.set_rng_state(start)  # the same masks at every evaluation
-        y, final = layer(x, as_state(layer, state), lengths)
-        return float(np.sum(y * r_y) + sum(np.sum(f * r) for f, r in zip(as_tuple(final), r_state)))
+        return weighted_loss(layer, x, state, lengths, r_y, r_state)
 
     layer.set_rng_state(start)
     y, final = layer(x, as_state(layer, state), lengths)
