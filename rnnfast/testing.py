@@ -18,7 +18,7 @@ as ``pytest``; pytest and torch are imported only by the functions that need the
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -50,6 +50,7 @@ class Case:
     lengths: np.ndarray | None
     dy: np.ndarray
     dstate: tuple
+    options: dict = field(default_factory=dict)  # the kernel's cell options (h_mask, zone), as keywords
 
     @property
     def dtype(self):
@@ -60,14 +61,25 @@ class Case:
             return None if a is None else a.astype(dtype)
 
         return replace(self, x=cast(self.x), state=tuple(map(cast, self.state)), weights=tuple(map(cast, self.weights)),
-                       dy=cast(self.dy), dstate=tuple(map(cast, self.dstate)))
+                       dy=cast(self.dy), dstate=tuple(map(cast, self.dstate)), options=map_options(self.options, cast))
 
 
-def make_case(cell, shape, dtype=np.float64, lengths=False, dstate=True, seed=0) -> Case:
+def map_options(options, f):
+    """``options`` (a case's cell options) with ``f`` applied to each array in them."""
+    return {k: (tuple(None if z is None else f(z) for z in v) if isinstance(v, tuple) else f(v))
+            for k, v in options.items()}
+
+
+OPTIONS = ("recurrent_dropout", "zoneout", "zoneout_eval")
+
+
+def make_case(cell, shape, dtype=np.float64, lengths=False, dstate=True, seed=0, options=()) -> Case:
     """Random inputs for ``cell`` at ``shape`` = (T, B, I, H), seeded: weights from PyTorch's init
     U(-1/sqrt(H), 1/sqrt(H)), x, dy and dstate standard normal, the state half that. ``lengths``:
     False for none, True for random ones in 1..T (the first sequence full), or the array itself;
-    ``dstate``: False for all None."""
+    ``dstate``: False for all None. ``options``: names from :data:`OPTIONS`, the cell options the
+    kernels get: a recurrent-dropout mask (p = 0.3), zoneout's 0/1 draws (p = 0.4, every state
+    part), or zoneout's eval-mode constant fractions (0.3, and 0.6 for the LSTM's c)."""
     T, B, I, H = shape
     spec = cell_named(cell)
     rng = np.random.default_rng(seed)
@@ -91,7 +103,17 @@ def make_case(cell, shape, dtype=np.float64, lengths=False, dstate=True, seed=0)
         lengths = None
     else:
         lengths = np.asarray(lengths, dtype=np.int64)
-    return Case(spec.name, x, state, weights, lengths, dy, d_state)
+    kernel_options = {}
+    for name in options:
+        if name == "recurrent_dropout":
+            kernel_options["h_mask"] = ((rng.uniform(size=(B, H)) >= 0.3) / 0.7).astype(dtype)
+        elif name == "zoneout":
+            kernel_options["zone"] = tuple((rng.uniform(size=(T, B, H)) < 0.4).astype(dtype) for _ in spec.state)
+        elif name == "zoneout_eval":
+            kernel_options["zone"] = tuple(np.full((T, B, H), p, dtype) for p in (0.3, 0.6)[:len(spec.state)])
+        else:
+            raise ValueError(f"unknown option {name!r}; use one of {', '.join(OPTIONS)}")
+    return Case(spec.name, x, state, weights, lengths, dy, d_state, kernel_options)
 
 
 def output_names(cell):
@@ -149,7 +171,8 @@ def run_kernels(dev, case, grads=None):
     forward, backward = dev.kernels.KERNELS[case.cell]
     to = dev.to
     lengths = None if case.lengths is None else to(case.lengths)
-    y, final, cache = forward(to(case.x), tuple(map(to, case.state)), tuple(map(to, case.weights)), lengths)
+    y, final, cache = forward(to(case.x), tuple(map(to, case.state)), tuple(map(to, case.weights)), lengths,
+                              **map_options(case.options, to))
     start = None if grads is None else tuple(None if g is None else to(g) for g in grads)
     dstate = tuple(None if d is None else to(d) for d in case.dstate)
     dx, dstate0, dweights = backward(to(case.dy), dstate, cache, start)
@@ -206,9 +229,9 @@ def perturbed(dev, weight=1, delta=1e-6):
     """``dev`` with a forward that adds ``delta`` to weights[``weight``]: what a slightly wrong
     kernel looks like, so that a test can show a check fails."""
     def wrong(forward):
-        def call(x, state, weights, lengths=None):
+        def call(x, state, weights, lengths=None, **options):
             weights = tuple(w + delta if k == weight else w for k, w in enumerate(weights))
-            return forward(x, state, weights, lengths)
+            return forward(x, state, weights, lengths, **options)
         return call
 
     table = {cell: (wrong(f), b) for cell, (f, b) in dev.kernels.KERNELS.items()}

@@ -53,6 +53,39 @@ def test_kernel_dstate_and_grads_match_reference(dev, cell, lengths, dstate, gra
     testing.check_kernel(dev, case, start)
 
 
+OPTION_SETS = [("recurrent_dropout",), ("zoneout",), ("zoneout_eval",), ("recurrent_dropout", "zoneout")]
+
+
+@pytest.mark.parametrize("shape", [SMALL, (7, 5, 6, 40), (4, 70, 8, 64)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("options", OPTION_SETS, ids="+".join)
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_with_cell_options_matches_reference(dev, cell, options, lengths, shape):
+    case = testing.make_case(cell, shape, np.float64, lengths, seed=5, options=options)
+    testing.check_kernel(dev, case)
+    testing.check_kernel(dev, case.astype(np.float32), tol=tolerance(dev, np.float32))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_kernel_with_cell_options_adds_into_grads(dev, cell):
+    case = testing.make_case(cell, SMALL, np.float64, True, seed=6, options=("recurrent_dropout", "zoneout"))
+    rng = np.random.default_rng(2)
+    testing.check_kernel(dev, case, tuple(rng.standard_normal(w.shape) for w in case.weights))
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cell_options_that_are_off_leave_the_kernel_as_it_was(dev, cell):
+    """A mask of ones and zone fractions of 0 give the plain kernel's results bit for bit."""
+    case = testing.make_case(cell, SMALL, np.float32, True, seed=7)
+    H = case.state[0].shape[1]
+    T, B = case.x.shape[:2]
+    off = replace(case, options={"h_mask": np.ones((B, H), np.float32),
+                                 "zone": tuple(np.zeros((T, B, H), np.float32) for _ in case.state)})
+    plain, with_off = testing.run_kernels(dev, case), testing.run_kernels(dev, off)
+    for name, value in plain.items():
+        assert np.array_equal(value, with_off[name]), name
+
+
 @pytest.mark.parametrize("given", ["dh", "dc"])
 def test_lstm_kernel_with_one_state_gradient_matches_reference(dev, given):
     case = testing.make_case("lstm", SMALL, np.float64, lengths=True)
@@ -79,10 +112,10 @@ def reference_loss_and_gradients(case):
     forward, backward = reference.KERNELS[case.cell]
 
     def loss():
-        y, final, _ = forward(case.x, case.state, case.weights, case.lengths)
+        y, final, _ = forward(case.x, case.state, case.weights, case.lengths, **case.options)
         return np.sum(y * case.dy) + sum(np.sum(f * d) for f, d in zip(final, case.dstate))
 
-    y, final, cache = forward(case.x, case.state, case.weights, case.lengths)
+    y, final, cache = forward(case.x, case.state, case.weights, case.lengths, **case.options)
     dx, dstate0, dweights = backward(case.dy, case.dstate, cache)
     variables = {"x": case.x, **{f"state{i}": s for i, s in enumerate(case.state)},
                  **dict(zip(testing.WEIGHT_NAMES, case.weights))}
@@ -98,6 +131,16 @@ def test_reference_matches_central_differences(cell, lengths):
     testing.check_gradients(loss, variables, analytic, rtol=1e-6, atol=1e-8)
     if lengths is not None:  # padded inputs cannot matter
         assert np.all(analytic["x"][2:, 1] == 0) and np.all(analytic["x"][1:, 2] == 0)
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids="+".join)
+@pytest.mark.parametrize("lengths", [None, [4, 2, 1]], ids=["full", "lengths"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_reference_with_cell_options_matches_central_differences(cell, lengths, options):
+    """The masks are fixed inputs: the loss is differentiable in everything else."""
+    case = testing.make_case(cell, (4, 3, 3, 3), np.float64, lengths, seed=3, options=options)
+    loss, variables, analytic = reference_loss_and_gradients(case)
+    testing.check_gradients(loss, variables, analytic, rtol=1e-6, atol=1e-8)
 
 
 @pytest.mark.parametrize("cell", CELLS)

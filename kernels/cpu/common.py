@@ -5,7 +5,7 @@ import sys
 import numpy as np
 from numba import njit, typeof
 
-from rnnfast.kernels.cpu.gemm import core_address, pack_weights
+from rnnfast.kernels.cpu.gemm import core_address, gemm_packed_serial, pack_weights
 from rnnfast.kernels.cpu.threads import THREADS, run_shared
 
 
@@ -97,3 +97,124 @@ def compile_detached(code: str) -> subprocess.Popen:
     process of this interpreter and return it; nothing has to wait for it."""
     return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+# -- cell options: recurrent dropout and zoneout ------------------------------------------------
+# The time loops of every cell take the options as arrays, empty (zero-length) for an option that
+# is off, so one compiled loop serves every combination and a loop without options runs as before:
+#   a: (T+1, B, H), what enters the recurrent GEMM at each step: h itself, or h * h_mask
+#      (recurrent dropout; backward multiplies the GEMM's dh by the same mask);
+#   zones: one (T, B, H) array per state part, the fraction of the previous state each unit keeps
+#      at each step (zoneout): 0/1 draws in training, p in eval;
+#   saved: one (T+1, B, H) array per state part, the cell's own new state before zoneout mixed it,
+#      for the parts whose backward step reads it (the LSTM's c, the RNN's h).
+
+def cell_options(h, h_mask, zone, parts, saves):
+    """(a, mask, zones, saved) for the loops from the kernel's ``h_mask`` ((B, H) or None) and
+    ``zone`` (None, or one (T, B, H) array or None per state part); h: (T+1, B, H) with h[0] set;
+    parts: the number of state parts; saves: per part, whether its backward step reads its new
+    state (then a zoned part keeps a copy before mixing)."""
+    empty2, empty3 = np.zeros((0, 0), h.dtype), np.zeros((0, 0, 0), h.dtype)
+    zone = (None,) * parts if zone is None else tuple(zone)
+    zones = tuple(empty3 if z is None else np.ascontiguousarray(z, dtype=h.dtype) for z in zone)
+    saved = tuple(np.empty_like(h) if z is not None and keep else empty3 for z, keep in zip(zone, saves))
+    if h_mask is None:
+        return h, empty2, zones, saved
+    mask = np.ascontiguousarray(h_mask, dtype=h.dtype)
+    a = np.empty_like(h)
+    a[0] = h[0] * mask
+    return a, mask, zones, saved
+
+
+def grad_scratch(B, H, dtype, mask, zones):
+    """(dy_step, keeps, dgemm) for a backward loop: (B, H) scratch for what zoneout passes on, one
+    per zoned part, and for the masked recurrent GEMM; empty where the option is off."""
+    empty = np.zeros((0, 0), dtype)
+    keeps = tuple(np.empty((B, H), dtype) if z.shape[0] else empty for z in zones)
+    return (np.empty((B, H), dtype) if zones[0].shape[0] else empty), keeps, (np.empty((B, H), dtype) if mask.shape[0] else empty)
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def options_forward(t, b0, b1, lengths, y, states, a, mask, zones, saved, one):
+    """After step t's cell update of rows b0:b1: zoneout mixes each zoned state part with its value
+    before the step (rows inside their length; y follows h), then the masked h enters ``a``."""
+    for k in range(len(states)):
+        if zones[k].shape[0] > 0:
+            s, z, keep = states[k], zones[k], saved[k]
+            for b in range(b0, b1):
+                if t < lengths[b]:
+                    z_row, prev, new = z[t, b], s[t, b], s[t + 1, b]
+                    if keep.shape[0] > 0:
+                        copy_row(keep[t + 1, b], new)
+                    for j in range(new.shape[0]):
+                        new[j] = z_row[j] * prev[j] + (one - z_row[j]) * new[j]
+                    if k == 0:
+                        copy_row(y[t, b], new)
+    if mask.shape[0] > 0:
+        h = states[0]
+        for b in range(b0, b1):
+            a_row, h_row, m_row = a[t + 1, b], h[t + 1, b], mask[b]
+            for j in range(h_row.shape[0]):
+                a_row[j] = h_row[j] * m_row[j]
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def zoneout_grads(t, b0, b1, lengths, dy, dstates, zones, dy_step, keeps, one):
+    """Before step t's backward, rows b0:b1: the gradient G reaching a zoned part (for h, dh + dy)
+    splits into z*G, kept for the state before the step, and (1-z)*G for the cell's update, which
+    the cell's step reads (h's through dy_step, with dh zeroed). Returns the dy the step reads."""
+    for k in range(len(dstates)):
+        if zones[k].shape[0] > 0:
+            d, z, keep = dstates[k], zones[k], keeps[k]
+            for b in range(b0, b1):
+                d_row, keep_row, z_row = d[b], keep[b], z[t, b]
+                if t < lengths[b]:
+                    if k == 0:
+                        dy_row, step_row = dy[t, b], dy_step[b]
+                        for j in range(d_row.shape[0]):
+                            g = d_row[j] + dy_row[j]
+                            keep_row[j] = z_row[j] * g
+                            step_row[j] = (one - z_row[j]) * g
+                            d_row[j] = 0
+                    else:
+                        for j in range(d_row.shape[0]):
+                            keep_row[j] = z_row[j] * d_row[j]
+                            d_row[j] = (one - z_row[j]) * d_row[j]
+                else:
+                    for j in range(d_row.shape[0]):
+                        keep_row[j] = 0
+                    if k == 0:
+                        copy_row(dy_step[b], dy[t, b])
+    return dy_step[b0:b1] if zones[0].shape[0] > 0 else dy[t, b0:b1]
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def zoneout_add(b0, b1, dstates, zones, keeps):
+    """After step t's backward: each zoned part's gradient gets back what zoneout kept for it."""
+    for k in range(len(dstates)):
+        if zones[k].shape[0] > 0:
+            d, keep = dstates[k], keeps[k]
+            for b in range(b0, b1):
+                d_row, keep_row = d[b], keep[b]
+                for j in range(d_row.shape[0]):
+                    d_row[j] += keep_row[j]
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def recurrent_gemm_backward(dgates_t, w_hh_p, dh, mask, dgemm, core):
+    """dh += dgates_t @ W_hh for rows of one block, times the recurrent-dropout mask when it is on."""
+    if mask.shape[0] == 0:
+        gemm_packed_serial(dgates_t, w_hh_p, dh, True, core)
+        return
+    gemm_packed_serial(dgates_t, w_hh_p, dgemm, False, core)
+    for b in range(dh.shape[0]):
+        d_row, g_row, m_row = dh[b], dgemm[b], mask[b]
+        for j in range(d_row.shape[0]):
+            d_row[j] += g_row[j] * m_row[j]
+
+
+def options_probe(dtype, parts):
+    """The cell-option arguments of a backward loop (mask, zones, dy_step, keeps, dgemm), all off,
+    typed as the backward kernels pass them: the warm-up probes compile the loop with these."""
+    empty2, empty3 = np.zeros((0, 0), dtype), np.zeros((0, 0, 0), dtype)
+    return empty2, (empty3,) * parts, empty2, (empty2,) * parts, empty2

@@ -18,7 +18,8 @@ from numba import njit
 
 from rnnfast.kernels.cells import state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
+from rnnfast.kernels.cpu.common import (bias_grads, cell_options, contiguous, copy_row, grad_scratch, options_forward,
+    options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -59,24 +60,26 @@ def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one,
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw):
+def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 3H) hold W_i x + b_i on entry; hw: (B, 3H) scratch for
-    W_hh h of the current step."""
+    W_hh h of the current step; a, mask, zones, saved: the cell options (common.cell_options)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0]):
-        gemm_packed_serial(h[t, b0:b1], w_hh_t, hw[b0:b1], False, core)
+        gemm_packed_serial(a[t, b0:b1], w_hh_t, hw[b0:b1], False, core)
         _forward_step(gates[t, b0:b1], hn[t, b0:b1], hw[b0:b1], b_hh, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1],
                       t, lengths[b0:b1], one, zero)
+        options_forward(t, b0, b1, lengths, y, (h,), a, mask, zones, saved, one)
 
 
-def gru_forward(x, state, weights, lengths=None):
+def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     """One GRU layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (3H, I), w_hh (3H, H), b_ih (3H,),
-    b_hh (3H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state (hT,)
-    and the cache.
+    b_hh (3H,)); lengths: (B,) ints in 1..T or None; h_mask: (B, H) recurrent-dropout mask or None;
+    zone: None or (zone_h,), (T, B, H) or None (zoneout). Returns y: (T, B, H), the final state
+    (hT,) and the cache.
     """
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -92,8 +95,9 @@ def gru_forward(x, state, weights, lengths=None):
     g2 += b_ih
     h[0] = h0
     hw = np.empty((B, 3 * H), dtype=x.dtype)
-    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw)
-    cache = (x, w_ih, w_hh, lengths, h, gates, hn)
+    a, mask, zones, saved = cell_options(h, h_mask, zone, 1, (False,))  # backward reads gates, not h'
+    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved)
+    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones)
     return y, (h[T].copy(),), cache
 
 
@@ -134,16 +138,21 @@ def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, l
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h):
+def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h, mask, zones, dy_step, keeps,
+                   dgemm):
     """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh: (B, H) enters as dhT
     and leaves as dh0; fills dgates: (T, B, 3H) with the input side's gate gradients; dgates_h:
-    (B, 3H) scratch for the recurrent side's of the current step."""
+    (B, 3H) scratch for the recurrent side's of the current step; mask, zones, dy_step, keeps,
+    dgemm: the cell options and their scratch (common.grad_scratch)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
-        _backward_step(dgates[t, b0:b1], dgates_h[b0:b1], dy[t, b0:b1], dh[b0:b1], gates[t, b0:b1], hn[t, b0:b1],
+        dy_t = zoneout_grads(t, b0, b1, lengths, dy, (dh,), zones, dy_step, keeps, one)
+        _backward_step(dgates[t, b0:b1], dgates_h[b0:b1], dy_t, dh[b0:b1], gates[t, b0:b1], hn[t, b0:b1],
                        h[t, b0:b1], t, lengths[b0:b1], one, zero)
-        gemm_packed_serial(dgates_h[b0:b1], w_hh_p, dh[b0:b1], True, core)  # zero where a row has ended
+        # zero where a row has ended
+        recurrent_gemm_backward(dgates_h[b0:b1], w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
+        zoneout_add(b0, b1, (dh,), zones, keeps)
 
 
 def gru_backward(dy, dstate, cache, grads=None):
@@ -153,14 +162,16 @@ def gru_backward(dy, dstate, cache, grads=None):
     db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (3H, I),
     dw_hh (3H, H), db_ih, db_hh (3H,)) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, gates, hn = cache
+    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     (dh,) = state_grads(dstate, (B, H), x.dtype, np)
     dgates = np.empty((T, B, 3 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
-    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, gates, hn, dgates, np.empty((B, 3 * H), x.dtype))
+    dy_step, keeps, dgemm = grad_scratch(B, H, x.dtype, mask, zones)
+    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, gates, hn, dgates, np.empty((B, 3 * H), x.dtype), mask,
+             zones, dy_step, keeps, dgemm)
     # dx, dW_ih, db_ih from the input side's gate gradients; then dgates becomes the recurrent
     # side's in place (they differ only in n, by the factor r), so one (T, B, 3H) array serves both
     dg2 = dgates.reshape(T * B, 3 * H)
@@ -169,7 +180,7 @@ def gru_backward(dy, dstate, cache, grads=None):
     gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
     db_ih = dg2.sum(axis=0)
     dg2[:, 2 * H:] *= gates.reshape(T * B, 3 * H)[:, :H]  # dn -> dn * r
-    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
+    gemm(dg2.T, a[:T].reshape(T * B, H), dw_hh, accumulate)
     return dx, (dh,), (dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))
 
 
@@ -179,5 +190,5 @@ def backward_probe(dtype):
     a2, h = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
     g3, n3 = np.zeros((0, 1, 3), dtype), np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, a2, np.zeros(1, np.int64), h,
-                            g3, n3, g3, np.zeros((1, 3), dtype))
+                            g3, n3, g3, np.zeros((1, 3), dtype), *options_probe(dtype, 1))
 

@@ -19,7 +19,8 @@ from numba import njit
 
 from rnnfast.kernels.cells import state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
+from rnnfast.kernels.cpu.common import (bias_grads, cell_options, contiguous, copy_row, grad_scratch, options_forward,
+    options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -65,22 +66,25 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates):
+def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, zones, saved):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
-    w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry."""
+    w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry; a, mask, zones,
+    saved: the cell options (common.cell_options)."""
     zero = h[0, 0, 0] * 0
     for t in range(gates.shape[0]):
-        gemm_packed_serial(h[t, b0:b1], w_hh_t, gates[t, b0:b1], True, core)
+        gemm_packed_serial(a[t, b0:b1], w_hh_t, gates[t, b0:b1], True, core)
         _forward_step(gates[t, b0:b1], bias, c[t, b0:b1], h[t, b0:b1], c[t + 1, b0:b1], h[t + 1, b0:b1],
                       y[t, b0:b1], t, lengths[b0:b1], zero)
+        options_forward(t, b0, b1, lengths, y, (h, c), a, mask, zones, saved, zero + 1)
 
 
-def lstm_forward(x, state, weights, lengths=None):
+def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     """One LSTM layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0, c0), each (B, H); weights: (w_ih (4H, I), w_hh (4H, H), b_ih (4H,),
-    b_hh (4H,)); lengths: (B,) ints in 1..T or None. Returns y: (T, B, H), the final state
-    (hT, cT) and the cache.
+    b_hh (4H,)); lengths: (B,) ints in 1..T or None; h_mask: (B, H) recurrent-dropout mask or
+    None; zone: None or (zone_h, zone_c), each (T, B, H) or None (zoneout). Returns y: (T, B, H),
+    the final state (hT, cT) and the cache.
     """
     (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -94,8 +98,9 @@ def lstm_forward(x, state, weights, lengths=None):
     gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
     h[0] = h0
     c[0] = c0
-    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates)
-    cache = (x, w_ih, w_hh, lengths, h, c, gates)
+    a, mask, zones, saved = cell_options(h, h_mask, zone, 2, (False, True))
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, zones, saved)
+    cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c)
     return y, (h[T].copy(), c[T].copy()), cache
 
 
@@ -134,15 +139,21 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, 
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, gates, dgates):
+def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, c_new, gates, dgates, mask, zones, dy_step, keeps,
+                   dgemm):
     """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh, dc: (B, H) enter as
-    dhT, dcT and leave as dh0, dc0; fills dgates: (T, B, 4H), the pre-activation gate gradients."""
+    dhT, dcT and leave as dh0, dc0; fills dgates: (T, B, 4H), the pre-activation gate gradients.
+    c_new: c, or under zoneout the cell's own c' before the mixing; mask, zones, dy_step, keeps,
+    dgemm: the cell options and their scratch (common.grad_scratch)."""
     one = c[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
-        _backward_step(dgates[t, b0:b1], dy[t, b0:b1], dh[b0:b1], dc[b0:b1], gates[t, b0:b1], c[t, b0:b1],
-                       c[t + 1, b0:b1], t, lengths[b0:b1], one, zero)
-        gemm_packed_serial(dgates[t, b0:b1], w_hh_p, dh[b0:b1], True, core)  # rows past a length add zeros
+        dy_t = zoneout_grads(t, b0, b1, lengths, dy, (dh, dc), zones, dy_step, keeps, one)
+        _backward_step(dgates[t, b0:b1], dy_t, dh[b0:b1], dc[b0:b1], gates[t, b0:b1], c[t, b0:b1],
+                       c_new[t + 1, b0:b1], t, lengths[b0:b1], one, zero)
+        # rows past a length add zeros
+        recurrent_gemm_backward(dgates[t, b0:b1], w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
+        zoneout_add(b0, b1, (dh, dc), zones, keeps)
 
 
 def lstm_backward(dy, dstate, cache, grads=None):
@@ -152,20 +163,22 @@ def lstm_backward(dy, dstate, cache, grads=None):
     db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0, dc0) and (dw_ih (4H, I),
     dw_hh (4H, H), db_ih, db_hh (4H,)) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, c, gates = cache
+    x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, c_new = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     dh, dc = state_grads(dstate, (B, H), x.dtype, np)
     dgates = np.empty((T, B, 4 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
-    run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, gates, dgates)
+    dy_step, keeps, dgemm = grad_scratch(B, H, x.dtype, mask, zones)
+    run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, c_new, gates, dgates, mask, zones, dy_step, keeps,
+             dgemm)
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dg2 = dgates.reshape(T * B, 4 * H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dg2, w_ih, dx.reshape(T * B, I), False)
     gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
-    gemm(dg2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
+    gemm(dg2.T, a[:T].reshape(T * B, H), dw_hh, accumulate)
     return dx, (dh, dc), (dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
 
 
@@ -174,5 +187,5 @@ def backward_probe(dtype):
     call compiles the loop without running a step, so without the GEMM it calls."""
     a2, a3, c = np.zeros((1, 1), dtype), np.zeros((0, 1, 4), dtype), np.zeros((1, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), np.zeros((0, 1, 1), dtype), a2, a2,
-                            np.zeros(1, np.int64), c, a3, a3)
+                            np.zeros(1, np.int64), c, c, a3, a3, *options_probe(dtype, 2))
 

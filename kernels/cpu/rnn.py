@@ -12,7 +12,8 @@ from numba import njit
 
 from rnnfast.kernels.cells import ACTIVATIONS, state_grads
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import bias_grads, contiguous, copy_row, prepare, run_rows, weight_grads
+from rnnfast.kernels.cpu.common import (bias_grads, cell_options, contiguous, copy_row, grad_scratch, options_forward,
+    options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 TANH, RELU = ACTIVATIONS.index("tanh"), ACTIVATIONS.index("relu")
@@ -42,22 +43,25 @@ def _forward_step(bias, h_prev, h_next, y_t, t, lengths, act, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h):
+def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h, a, mask, zones, saved):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other. w_hh_t: W_hh^T
     packed; h[1:] holds the input projection on entry: each step adds W_hh h to it and then
-    overwrites it with the state, so there is no (T, B, H) scratch."""
+    overwrites it with the state, so there is no (T, B, H) scratch. a, mask, zones, saved: the cell
+    options (common.cell_options)."""
     zero = h[0, 0, 0] * 0
     for t in range(y.shape[0]):
-        gemm_packed_serial(h[t, b0:b1], w_hh_t, h[t + 1, b0:b1], True, core)
+        gemm_packed_serial(a[t, b0:b1], w_hh_t, h[t + 1, b0:b1], True, core)
         _forward_step(bias, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1], t, lengths[b0:b1], act, zero)
+        options_forward(t, b0, b1, lengths, y, (h,), a, mask, zones, saved, zero + 1)
 
 
-def rnn_forward(x, state, weights, lengths=None, act=TANH):
+def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=None):
     """One RNN layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (H, I), w_hh (H, H), b_ih (H,),
-    b_hh (H,)); lengths: (B,) ints in 1..T or None; act: the ``rnn_act`` cell, else ``rnn_tanh``.
-    Returns y: (T, B, H), the final state (hT,) and the cache.
+    b_hh (H,)); lengths: (B,) ints in 1..T or None; act: the ``rnn_act`` cell, else ``rnn_tanh``;
+    h_mask: (B, H) recurrent-dropout mask or None; zone: None or (zone_h,), (T, B, H) or None
+    (zoneout). Returns y: (T, B, H), the final state (hT,) and the cache.
     """
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -69,8 +73,9 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH):
     h = np.empty((T + 1, B, H), dtype=x.dtype)
     gemm(x.reshape(T * B, I), w_ih.T, h[1:].reshape(T * B, H), False)
     h[0] = h0
-    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h)
-    cache = (x, w_ih, w_hh, lengths, h, act)
+    a, mask, zones, saved = cell_options(h, h_mask, zone, 1, (True,))
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h, a, mask, zones, saved)
+    cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h)
     return y, (h[T].copy(),), cache
 
 
@@ -94,14 +99,19 @@ def _backward_step(dpre_t, dy_t, dh, h_next, t, lengths, act, one, zero):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, act, dpre):
+def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h_new, act, dpre, mask, zones, dy_step, keeps, dgemm):
     """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh: (B, H) enters as dhT
-    and leaves as dh0; fills dpre: (T, B, H), the pre-activation gradients."""
-    one = h[0, 0, 0] * 0 + 1
+    and leaves as dh0; fills dpre: (T, B, H), the pre-activation gradients. h_new: h, or under
+    zoneout the cell's own h' before the mixing; mask, zones, dy_step, keeps, dgemm: the cell
+    options and their scratch (common.grad_scratch)."""
+    one = h_new[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(dpre.shape[0] - 1, -1, -1):
-        _backward_step(dpre[t, b0:b1], dy[t, b0:b1], dh[b0:b1], h[t + 1, b0:b1], t, lengths[b0:b1], act, one, zero)
-        gemm_packed_serial(dpre[t, b0:b1], w_hh_p, dh[b0:b1], True, core)  # rows past a length add zeros
+        dy_t = zoneout_grads(t, b0, b1, lengths, dy, (dh,), zones, dy_step, keeps, one)
+        _backward_step(dpre[t, b0:b1], dy_t, dh[b0:b1], h_new[t + 1, b0:b1], t, lengths[b0:b1], act, one, zero)
+        # rows past a length add zeros
+        recurrent_gemm_backward(dpre[t, b0:b1], w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
+        zoneout_add(b0, b1, (dh,), zones, keeps)
 
 
 def rnn_backward(dy, dstate, cache, grads=None):
@@ -111,20 +121,21 @@ def rnn_backward(dy, dstate, cache, grads=None):
     db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (H, I),
     dw_hh (H, H), db_ih, db_hh (H,)) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, act = cache
+    x, w_ih, w_hh, lengths, h, act, a, mask, zones, h_new = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
     (dh,) = state_grads(dstate, (B, H), x.dtype, np)
     dpre = np.empty((T, B, H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
-    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, act, dpre)
+    dy_step, keeps, dgemm = grad_scratch(B, H, x.dtype, mask, zones)
+    run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h_new, act, dpre, mask, zones, dy_step, keeps, dgemm)
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dp2 = dpre.reshape(T * B, H)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
     gemm(dp2, w_ih, dx.reshape(T * B, I), False)
     gemm(dp2.T, x.reshape(T * B, I), dw_ih, accumulate)
-    gemm(dp2.T, h[:T].reshape(T * B, H), dw_hh, accumulate)
+    gemm(dp2.T, a[:T].reshape(T * B, H), dw_hh, accumulate)
     return dx, (dh,), (dw_ih, dw_hh, *bias_grads(grads, dp2.sum(axis=0)))
 
 
@@ -133,5 +144,5 @@ def backward_probe(dtype, act=TANH):
     call compiles the loop without running a step, so without the GEMM it calls."""
     n3 = np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, np.zeros((1, 1), dtype),
-                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), int(act), n3)
+                            np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), int(act), n3, *options_probe(dtype, 1))
 
