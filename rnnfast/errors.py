@@ -14,6 +14,10 @@ class CheckpointError(RnnfastError, ValueError):
     """A checkpoint that is truncated, foreign, from another model or another format version."""
 
 
+class ExportError(RnnfastError, ValueError):
+    """A model that cannot be exported, a destination that cannot be written, or a missing exporter."""
+
+
 class NonFiniteLossError(RnnfastError, FloatingPointError):
     """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
@@ -195,29 +196,40 @@ def remove_temp_files(directory) -> list[Path]:
 def write_text_atomically(path, text: str) -> None:
     """Write ``text`` to ``path`` under a temporary name and rename it into place, so that a crash
     leaves the old file or the new one, never a half-written one."""
+    write_atomically(path, text.encode("utf-8"))
+
+
+def write_atomically(path, data: bytes, error: type = RunDirectoryError,
+                     advice: str = "free some disk space or choose another --out") -> None:
+    """Write ``data`` to ``path`` as :func:`write_text_atomically` does; a refused write is ``error``
+    (an RnnfastError class) with one line ending in ``advice``."""
     path = Path(path)
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException as exc:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise RunDirectoryError(f"cannot write {path} ({exc.strerror}); free some disk space or "
-                                    "choose another --out") from None
+            raise error(f"cannot write {path} ({exc.strerror}); {advice}") from None
         raise
 
 
 def discard(directory, names) -> None:
     """Remove a run directory that this process created and that holds no checkpoint: the files
-    ``names`` it wrote, its lock and then the directory itself (left in place if anything else is there)."""
+    ``names`` it wrote (a folder among them with what is in it), its lock and then the directory
+    itself (left in place if anything else is there)."""
     directory = Path(directory)
     for name in (*names, LOCK_NAME):
-        (directory / name).unlink(missing_ok=True)
+        path = directory / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
     remove_temp_files(directory)
     with contextlib.suppress(OSError):
         directory.rmdir()
