@@ -74,11 +74,12 @@ class _SequenceModel(Model):
         """The recurrent layer's input (B, T, I) and lengths (B,) on the model's device (or None)."""
         raise NotImplementedError
 
-    def forward(self, x, lengths=None):
-        """x: (B, T, ...) batch-first; lengths: (B,) ints in 1..T or None (all T).
+    def forward(self, x, lengths=None, state=None):
+        """x: (B, T, ...) batch-first; lengths: (B,) ints in 1..T or None (all T); state: the
+        recurrent layer's initial state (h0 (L*D, B, H), or (h0, c0) for an LSTM; None for zeros).
         Returns (B, out) from the last valid step, or (B, T, out) with ``many_to_many``."""
         x, lengths = self._inputs(x, lengths)
-        y, _ = self.rnn(x, None, lengths)
+        y, _ = self.rnn(x, state, lengths)
         self._cache = (lengths, y.shape)
         features = y if self.many_to_many else _last_step(y, lengths, self.hidden_size)
         return self.head(self.drop(features))
