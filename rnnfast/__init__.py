@@ -23,3 +23,4 @@ from rnnfast import models
 from rnnfast import callbacks, tasks
 from rnnfast.callbacks import Callback, History, JSONLLogger, ProgressBar
 from rnnfast.trainer import Trainer, fit
+from rnnfast import export
