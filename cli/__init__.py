@@ -1,10 +1,11 @@
-"""The ``rnnfast`` command line (Click): train, generate, eval and bench."""
+"""The ``rnnfast`` command line (Click): train, generate, eval, export and bench."""
 import click
 
 from rnnfast import __version__
 from rnnfast.cli.bench import bench
 from rnnfast.cli.common import Command
 from rnnfast.cli.eval import eval_command
+from rnnfast.cli.export import export
 from rnnfast.cli.generate import generate
 from rnnfast.cli.train import train
 
@@ -27,5 +28,5 @@ def main():
     """
 
 
-for command in (train, generate, eval_command, bench):
+for command in (train, generate, eval_command, export, bench):
     main.add_command(command)
