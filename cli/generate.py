@@ -11,6 +11,7 @@ from rnnfast.cli.common import Command, config_option, device_option, resolve_de
 from rnnfast.data import Vocab
 from rnnfast.errors import CheckpointError
 from rnnfast.models import CharRNN
+from rnnfast.models.sampling import default_prime
 
 
 def load_char_model(checkpoint: Path):
@@ -58,7 +59,7 @@ def generate(checkpoint, prime, length, temperature, top_k, top_p, seed, num_sam
     if device == "gpu":
         model.to("gpu")
     if prime is None:
-        prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
+        prime = default_prime(vocab)
     chosen_seed = secrets.randbelow(2**31) if seed is None else seed
     on_piece = (lambda piece: click.echo(piece, nl=False)) if stream else None
     if device == "cpu" and not model.sampling_compiled:

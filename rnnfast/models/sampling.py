@@ -11,6 +11,13 @@ from rnnfast.backend import get_backend, to_numpy
 from rnnfast.models.base import resolve_seed
 from rnnfast.random import uniform
 
+
+def default_prime(vocab) -> str:
+    """What a sample starts from when it is given no prime: a new line (so it starts as a line of
+    the text starts) if ``vocab`` has one, else its first character."""
+    return "\n" if "\n" in vocab.chars else vocab.chars[0]
+
+
 def sample_from_logits(logits, u, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
     """Draw one id per row by the sampling rule of :meth:`CharRNN.sample` (the specification that any
     compiled generator follows).
