@@ -21,6 +21,6 @@ from rnnfast.checkpoint import load_checkpoint, save_checkpoint
 from rnnfast.data import ArrayBatcher, StreamBatcher, Vocab
 from rnnfast import models
 from rnnfast import callbacks, tasks
-from rnnfast.callbacks import Callback, History, JSONLLogger, ProgressBar
+from rnnfast.callbacks import Callback, History, JSONLLogger, ProgressBar, TensorBoardLogger
 from rnnfast.trainer import Trainer, fit
 from rnnfast import export

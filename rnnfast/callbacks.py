@@ -1,15 +1,20 @@
 """Callbacks: what the training loop tells the world. :class:`Callback` holds the hooks
 :class:`rnnfast.Trainer` calls; :class:`History` keeps every log in lists, :class:`JSONLLogger`
-appends them to a JSON-lines file, :class:`ProgressBar` shows a tqdm bar.
+appends them to a JSON-lines file, :class:`ProgressBar` shows a tqdm bar, :class:`TensorBoardLogger`
+writes TensorBoard event files.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
+import numbers
 import os
 import time
 from pathlib import Path
 
+from rnnfast.data import Vocab
+from rnnfast.models.sampling import default_prime
 from rnnfast.rundir import RunDirectoryError
 
 
@@ -237,3 +242,131 @@ class ProgressBar(Callback):
 
     def on_train_end(self, trainer, result):
         self._bar.close()
+
+
+TENSORBOARD_INSTALL_HINT = "pip install 'rnnfast[tensorboard]'"
+
+
+def import_tensorboardx():
+    """tensorboardX, imported when first asked for: importing it imports torch where torch is
+    installed, seconds that a run without TensorBoard should not spend. Without it (or without the
+    protobuf it needs) an ImportError that says how to install it."""
+    try:
+        import tensorboardX.event_file_writer
+        import tensorboardX.proto.event_pb2
+        import tensorboardX.proto.summary_pb2
+        import tensorboardX.summary
+    except ImportError as exc:
+        raise ImportError(f"TensorBoard logging needs tensorboardX, which cannot be imported ({exc}); "
+                          f"install it with: {TENSORBOARD_INSTALL_HINT}") from None
+    return tensorboardX
+
+
+class TensorBoardLogger(Callback):
+    """Writes TensorBoard event files into ``logdir``; ``tensorboard --logdir DIR`` shows each
+    directory of event files under DIR as a run. Needs tensorboardX (``pip install 'rnnfast[tensorboard]'``).
+
+    - Each step: ``train/loss``, ``train/lr``, ``train/grad_norm`` and ``train/tokens_per_s``.
+    - Each evaluation: ``val/`` + each metric of ``model.evaluate`` (``val/loss``, ``val/bpc``, ...),
+      and for a character model (one with ``sample``) the text ``sample``: ``sample_length``
+      characters at ``temperature``, from a new line, seeded by the step, decoded with ``vocab``
+      (default: the trainer's ``meta["vocab"]``; with neither, or ``sample_length=0``, no sample). It is
+      indented four spaces, so TensorBoard's Markdown shows it verbatim, line breaks included.
+    - Events go to the file as they come, are flushed to disk at each evaluation and checkpoint, and
+      the file is closed when the run ends (at Ctrl-C, a NaN or a full disk too).
+
+    Each :meth:`rnnfast.Trainer.run` writes a new event file into ``logdir`` that opens with
+    TensorBoard's purge marker for the run's first step (tensorboardX's ``purge_step``, what
+    TensorBoard does for a restarted TensorFlow job): the steps from there on that earlier files hold,
+    logged by a crashed run past the checkpoint this one resumes from, drop from the display, so each
+    step shows once. The step to purge from is the trainer's, so nothing needs keeping in checkpoints.
+    """
+
+    def __init__(self, logdir, *, sample_length: int = 200, temperature: float = 0.8, vocab=None):
+        self._tbx = import_tensorboardx()
+        self.logdir = Path(logdir)
+        self.sample_length, self.temperature, self.vocab = sample_length, temperature, vocab
+        self._events = None
+        self._sample_vocab = None
+
+    def _open(self, step: int) -> None:
+        try:
+            self.logdir.mkdir(parents=True, exist_ok=True)
+            # Not the SummaryWriter: it hands events to a thread, and its flush() does not wait for
+            # them, so the evaluation logged just before a checkpoint could still be lost to a crash.
+            # The EventsWriter under that thread writes each event at once (a step's: microseconds).
+            # The step in the name keeps two runs that start in the same second apart, and in order.
+            self._events = self._tbx.event_file_writer.EventsWriter(str(self.logdir / "events"), f".step{step:010d}")
+        except OSError as exc:
+            self._refused(exc)
+        session_log = self._tbx.proto.event_pb2.SessionLog(status=self._tbx.proto.event_pb2.SessionLog.START)
+        self._write(self._tbx.proto.event_pb2.Event(step=step + 1, session_log=session_log))
+
+    def _write(self, event) -> None:
+        if self._events is None:
+            return
+        event.wall_time = time.time()
+        try:
+            self._events.write_event(event)
+        except OSError as exc:
+            self._refused(exc)
+
+    def _write_scalars(self, step: int, scalars: dict) -> None:
+        Summary = self._tbx.proto.summary_pb2.Summary
+        values = [Summary.Value(tag=tag, simple_value=float(value)) for tag, value in scalars.items()]
+        self._write(self._tbx.proto.event_pb2.Event(step=step, summary=Summary(value=values)))
+
+    def _flush(self) -> None:
+        if self._events is None:
+            return
+        try:
+            self._events.flush()
+        except OSError as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: OSError) -> None:
+        """A write the disk refused: the events stop (the run's checkpoints are what matter), in one line."""
+        events, self._events = self._events, None
+        if events is not None:
+            with contextlib.suppress(OSError):
+                events.close()
+        raise RunDirectoryError(f"cannot write TensorBoard events to {self.logdir} ({exc.strerror}); the checkpoints "
+                                "are intact: free some disk space, then resume from the latest") from None
+
+    def _sample(self, trainer, step: int) -> str | None:
+        """The evaluation's text sample, Markdown-indented; None for a model that does not sample."""
+        if self._sample_vocab is None or not self.sample_length or not hasattr(trainer.model, "sample"):
+            return None
+        text = trainer.model.sample(default_prime(self._sample_vocab), self.sample_length,
+                                    temperature=self.temperature, seed=step, vocab=self._sample_vocab)
+        return "\n".join("    " + line for line in text.split("\n"))
+
+    # -- the hooks ----------------------------------------------------------------------------------
+    def on_train_begin(self, trainer):
+        vocab = self.vocab if self.vocab is not None else trainer.meta.get("vocab")
+        self._sample_vocab = Vocab.from_dict(vocab) if isinstance(vocab, dict) else vocab
+        self._open(trainer.step)
+
+    def on_step_end(self, trainer, step, logs):
+        self._write_scalars(step, {"train/loss": logs["loss"], "train/lr": logs["lr"],
+                                   "train/grad_norm": logs["grad_norm"], "train/tokens_per_s": logs["tokens_per_s"]})
+
+    def on_eval_end(self, trainer, step, logs):
+        self._write_scalars(step, {"val/" + key[len("val_"):]: value for key, value in logs.items()
+                                   if key.startswith("val_") and isinstance(value, numbers.Real)
+                                   and not isinstance(value, bool)})
+        sample = self._sample(trainer, step)
+        if sample is not None:
+            self._write(self._tbx.proto.event_pb2.Event(step=step, summary=self._tbx.summary.text("sample", sample)))
+        self._flush()
+
+    def on_checkpoint(self, trainer, path, kind):
+        self._flush()
+
+    def on_train_end(self, trainer, result):
+        events, self._events = self._events, None
+        if events is not None:
+            # the run is over and its checkpoints are written; raising here would leave the other
+            # callbacks unclosed, so events a full disk refuses now are lost quietly
+            with contextlib.suppress(OSError):
+                events.close()
