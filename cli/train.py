@@ -11,7 +11,7 @@ from click.core import ParameterSource
 from tqdm import tqdm
 
 from rnnfast.backend import to_numpy
-from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar
+from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar, TensorBoardLogger, import_tensorboardx
 from rnnfast.checkpoint import check_model_fits, init_weights_from, load_checkpoint, read_meta
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
@@ -48,7 +48,7 @@ DEFAULT_DROPOUT = {"charlm": 0.3, "forecast": 0.0, "classify": 0.0}
 
 # What a run writes besides its checkpoints: a run that stops before its first checkpoint in a
 # directory it created removes them again, so no directory holds a run that never was.
-RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "forecast.png")
+RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "forecast.png", "tensorboard")
 STOP_REASONS = {"steps": "--steps reached", "epochs": "--epochs reached", "time_budget": "--time-budget used up",
                 "early_stopping": "no better validation loss for --patience validations", "interrupted": "Ctrl-C"}
 
@@ -305,6 +305,10 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
 @click.option("--text-column", default="text", show_default=True, help="classify: the column holding the texts.")
 @click.option("--label-column", default="label", show_default=True, help="classify: the column holding the labels.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the live progress bar.")
+@click.option("--tensorboard/--no-tensorboard", default=False, show_default=True,
+              help="Also write TensorBoard event files to RUN/tensorboard (losses, learning rate, tokens/s, and "
+                   "a text sample at each validation for charlm); needs pip install 'rnnfast[tensorboard]'. "
+                   "A resumed run keeps the run's choice unless given.")
 @config_option
 @click.pass_context
 def train(ctx, **opts):
@@ -317,7 +321,8 @@ def train(ctx, **opts):
 
     Shows a live progress bar (step, loss, validation loss, tokens/s, ETA) and
     writes metrics.jsonl, latest.safetensors, best.safetensors, config.json and
-    loss.png (with matplotlib) to the run directory. Ctrl-C or --time-budget
+    loss.png (with matplotlib) to the run directory, and with --tensorboard
+    event files for 'tensorboard --logdir runs'. Ctrl-C or --time-budget
     stop cleanly with a checkpoint; --resume continues exactly; --config
     RUN/config.json repeats a run.
     """
@@ -328,6 +333,7 @@ def train(ctx, **opts):
                                "one exactly; give one of them")
     device = resolve_device(opts.pop("device"))
     out, progress, eval_every, patience = opts.pop("out"), opts.pop("progress"), opts.pop("eval_every"), opts.pop("patience")
+    tensorboard = opts.pop("tensorboard")
     saved_limits = meta = None
     if resume is not None:
         opts, saved_limits, meta = _resumed_options(ctx, opts, resume)
@@ -336,6 +342,13 @@ def train(ctx, **opts):
         schedule = meta["cli"].get("schedule", {})
         eval_every = eval_every if _explicit(ctx, "eval_every") else schedule.get("eval_every", eval_every)
         patience = patience if _explicit(ctx, "patience") else schedule.get("patience", patience)
+        # as does its TensorBoard logging (a checkpoint from before --tensorboard: off)
+        tensorboard = tensorboard if _explicit(ctx, "tensorboard") else meta["cli"].get("tensorboard", False)
+    if tensorboard:
+        try:
+            import_tensorboardx()
+        except ImportError as exc:
+            raise click.ClickException(f"--tensorboard: {exc}") from None
     if init_from is not None:
         opts, init_meta = _initialised_options(ctx, opts, init_from)
     if opts["dropout"] is None:
@@ -384,21 +397,23 @@ def train(ctx, **opts):
         _refuse_another_run(out, resume)  # again: another run may have written it during start-up
         if resume is None:
             (out / "metrics.jsonl").unlink(missing_ok=True)  # of a run killed before its first checkpoint
+        callbacks = [ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
+                     JSONLLogger(out / "metrics.jsonl")]
+        if tensorboard:
+            callbacks.append(TensorBoardLogger(out / "tensorboard"))
         trainer = Trainer(
             model, optimizer, train_data, td.val, clip=opts["clip"] or None, schedule=lr_schedule,
-            eval_every=eval_every, early_stopping_patience=patience, out_dir=out,
-            callbacks=[ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
-                       JSONLLogger(out / "metrics.jsonl")],
+            eval_every=eval_every, early_stopping_patience=patience, out_dir=out, callbacks=callbacks,
             meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
                                      "baseline_name": td.baseline_name,
                                      "schedule": {"eval_every": eval_every, "patience": patience,
                                                   "lr_total_steps": getattr(lr_schedule, "total_steps", None)},
-                                     **origin}},
+                                     "tensorboard": tensorboard, **origin}},
             resume=resume,
         )
         # after the resume's checks, so that a checkpoint that cannot be continued leaves the run as it was
-        write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every, **origin},
-                                                              indent=2) + "\n")
+        write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every,
+                                                               "tensorboard": tensorboard, **origin}, indent=2) + "\n")
 
         n_params = model.num_params()
         start = (f"resuming {resume} at step {trainer.step}" if resume else
@@ -414,6 +429,8 @@ def train(ctx, **opts):
             f"best validation loss {describe_loss(opts['task'], result['best_val'])} at step {result['best_step']}")
         click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline)}")
         files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
+        if tensorboard:
+            files.append(out / "tensorboard")
         click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']]}); "
                    f"wrote {', '.join(map(str, files))}")
         if result["stopped"] == "interrupted":
