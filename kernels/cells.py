@@ -60,3 +60,34 @@ def cell_named(name: str, nonlinearity: str = "tanh") -> Cell:
         return CELLS[key]
     except KeyError:
         raise ValueError(f"unknown cell {name!r}; use one of {', '.join(KINDS + tuple(CELLS))}") from None
+
+
+# The cell options reach the time loops of every cell, on both backends, as arrays, empty
+# (zero-length) for an option that is off, so one compiled loop serves every combination and a
+# loop without options runs as it did before they existed:
+#   a: (T+1, B, H), what enters the recurrent GEMM at each step: h itself, or h * h_mask
+#      (recurrent dropout; backward multiplies the GEMM's dh by the same mask, and dW_hh is
+#      dgates^T a);
+#   mask: (B, H), h_mask, or empty;
+#   zones: one (T, B, H) array per state part, the fraction of the previous state each unit keeps
+#      at each step (zoneout: 0/1 draws in training, p in eval), or empty;
+#   saved: one (T+1, B, H) array per state part, the cell's own new state before zoneout mixed it,
+#      for the parts whose backward step reads it (the LSTM's c, the RNN's h), or empty.
+
+def cell_options(h, h_mask, zone, saves, xp) -> tuple:
+    """(a, mask, zones, saved) for a forward loop from the kernel's ``h_mask`` ((B, H) or None) and
+    ``zone`` (None, or one (T, B, H) array or None per state part); h: (T+1, B, H) with h[0] set;
+    saves: per state part, whether its backward step reads the new state (then a zoned part keeps
+    a copy before mixing); ``xp`` is the backend's array module."""
+    empty2, empty3 = xp.zeros((0, 0), h.dtype), xp.zeros((0, 0, 0), h.dtype)
+    zone = (None,) * len(saves) if zone is None else tuple(zone)
+    if len(zone) != len(saves):
+        raise ValueError(f"zone needs one entry per state part ({len(saves)}), got {len(zone)}")
+    zones = tuple(empty3 if z is None else xp.ascontiguousarray(z, dtype=h.dtype) for z in zone)
+    saved = tuple(xp.empty_like(h) if z is not None and keep else empty3 for z, keep in zip(zone, saves))
+    if h_mask is None:
+        return h, empty2, zones, saved
+    mask = xp.ascontiguousarray(h_mask, dtype=h.dtype)
+    a = xp.empty_like(h)
+    a[0] = h[0] * mask
+    return a, mask, zones, saved

@@ -18,10 +18,14 @@ import pytest
 pytestmark = pytest.mark.slow  # one child process, a minute of simulated kernels
 
 CASES = [
-    ("rnn_tanh", "float64", False), ("rnn_relu", "float64", True), ("rnn_tanh", "float32", True),
-    ("gru", "float64", False), ("gru", "float64", True), ("gru", "float32", True),
-    ("lstm", "float64", False), ("lstm", "float64", True), ("lstm", "float32", True),
+    ("rnn_tanh", "float64", False, ""), ("rnn_relu", "float64", True, ""), ("rnn_tanh", "float32", True, ""),
+    ("gru", "float64", False, ""), ("gru", "float64", True, ""), ("gru", "float32", True, ""),
+    ("lstm", "float64", False, ""), ("lstm", "float64", True, ""), ("lstm", "float32", True, ""),
 ]
+# the cell options (recurrent dropout and zoneout, in training and eval form) on every cell
+CASES += [(cell, "float64", True, options) for cell in ("rnn_tanh", "rnn_relu", "gru", "lstm")
+          for options in ("recurrent_dropout+zoneout", "zoneout_eval")]
+CASES += [("lstm", "float32", True, "recurrent_dropout+zoneout"), ("gru", "float64", False, "recurrent_dropout")]
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 
 CHILD = """
@@ -31,12 +35,13 @@ common.KC, common.ROWS = 3, 2
 from rnnfast import testing
 sim = testing.device("sim")
 out = {}
-for cell, dtype, lengths in json.loads(sys.argv[1]):
+for cell, dtype, lengths, options in json.loads(sys.argv[1]):
+    key = f"{cell}-{dtype}-{lengths}-{options}"
     try:
-        out[f"{cell}-{dtype}-{lengths}"] = testing.worst(testing.kernel_errors(
-            sim, testing.make_case(cell, (3, 3, 2, 5), dtype, lengths)))
+        out[key] = testing.worst(testing.kernel_errors(sim, testing.make_case(
+            cell, (3, 3, 2, 5), dtype, lengths, options=tuple(filter(None, options.split("+"))))))
     except Exception as exc:  # each case reports its own failure
-        out[f"{cell}-{dtype}-{lengths}"] = f"{type(exc).__name__}: {exc}"
+        out[key] = f"{type(exc).__name__}: {exc}"
 print(json.dumps(out))
 """
 
@@ -50,9 +55,9 @@ def results():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("cell,dtype,lengths", CASES)
-def test_kernel_logic_under_simulator(results, cell, dtype, lengths):
-    result = results[f"{cell}-{dtype}-{lengths}"]
+@pytest.mark.parametrize("cell,dtype,lengths,options", CASES)
+def test_kernel_logic_under_simulator(results, cell, dtype, lengths, options):
+    result = results[f"{cell}-{dtype}-{lengths}-{options}"]
     assert not isinstance(result, str), result
     err, worst = result
     assert err <= TOLERANCE[dtype], f"{worst}: relative error {err:.2e}"

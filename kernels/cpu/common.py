@@ -99,39 +99,14 @@ def compile_detached(code: str) -> subprocess.Popen:
                             stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-# -- cell options: recurrent dropout and zoneout ------------------------------------------------
-# The time loops of every cell take the options as arrays, empty (zero-length) for an option that
-# is off, so one compiled loop serves every combination and a loop without options runs as before:
-#   a: (T+1, B, H), what enters the recurrent GEMM at each step: h itself, or h * h_mask
-#      (recurrent dropout; backward multiplies the GEMM's dh by the same mask);
-#   zones: one (T, B, H) array per state part, the fraction of the previous state each unit keeps
-#      at each step (zoneout): 0/1 draws in training, p in eval;
-#   saved: one (T+1, B, H) array per state part, the cell's own new state before zoneout mixed it,
-#      for the parts whose backward step reads it (the LSTM's c, the RNN's h).
-
-def cell_options(h, h_mask, zone, parts, saves):
-    """(a, mask, zones, saved) for the loops from the kernel's ``h_mask`` ((B, H) or None) and
-    ``zone`` (None, or one (T, B, H) array or None per state part); h: (T+1, B, H) with h[0] set;
-    parts: the number of state parts; saves: per part, whether its backward step reads its new
-    state (then a zoned part keeps a copy before mixing)."""
-    empty2, empty3 = np.zeros((0, 0), h.dtype), np.zeros((0, 0, 0), h.dtype)
-    zone = (None,) * parts if zone is None else tuple(zone)
-    zones = tuple(empty3 if z is None else np.ascontiguousarray(z, dtype=h.dtype) for z in zone)
-    saved = tuple(np.empty_like(h) if z is not None and keep else empty3 for z, keep in zip(zone, saves))
-    if h_mask is None:
-        return h, empty2, zones, saved
-    mask = np.ascontiguousarray(h_mask, dtype=h.dtype)
-    a = np.empty_like(h)
-    a[0] = h[0] * mask
-    return a, mask, zones, saved
-
-
+# -- cell options: recurrent dropout and zoneout (kernels/cells.py's cell_options) --------------
 def grad_scratch(B, H, dtype, mask, zones):
     """(dy_step, keeps, dgemm) for a backward loop: (B, H) scratch for what zoneout passes on, one
     per zoned part, and for the masked recurrent GEMM; empty where the option is off."""
     empty = np.zeros((0, 0), dtype)
     keeps = tuple(np.empty((B, H), dtype) if z.shape[0] else empty for z in zones)
-    return (np.empty((B, H), dtype) if zones[0].shape[0] else empty), keeps, (np.empty((B, H), dtype) if mask.shape[0] else empty)
+    dy_step = np.empty((B, H), dtype) if zones[0].shape[0] else empty
+    return dy_step, keeps, (np.empty((B, H), dtype) if mask.shape[0] else empty)
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")

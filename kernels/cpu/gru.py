@@ -16,9 +16,9 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cells import cell_options, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, cell_options, contiguous, copy_row, grad_scratch, options_forward,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, options_forward,
     options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
@@ -63,7 +63,7 @@ def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one,
 def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 3H) hold W_i x + b_i on entry; hw: (B, 3H) scratch for
-    W_hh h of the current step; a, mask, zones, saved: the cell options (common.cell_options)."""
+    W_hh h of the current step; a, mask, zones, saved: the cell options (cells.cell_options)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0]):
@@ -95,7 +95,7 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     g2 += b_ih
     h[0] = h0
     hw = np.empty((B, 3 * H), dtype=x.dtype)
-    a, mask, zones, saved = cell_options(h, h_mask, zone, 1, (False,))  # backward reads gates, not h'
+    a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), np)  # backward reads gates, not h'
     run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved)
     cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones)
     return y, (h[T].copy(),), cache

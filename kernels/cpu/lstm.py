@@ -17,9 +17,9 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import state_grads
+from rnnfast.kernels.cells import cell_options, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, cell_options, contiguous, copy_row, grad_scratch, options_forward,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, options_forward,
     options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
@@ -69,7 +69,7 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths
 def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, zones, saved):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry; a, mask, zones,
-    saved: the cell options (common.cell_options)."""
+    saved: the cell options (cells.cell_options)."""
     zero = h[0, 0, 0] * 0
     for t in range(gates.shape[0]):
         gemm_packed_serial(a[t, b0:b1], w_hh_t, gates[t, b0:b1], True, core)
@@ -98,7 +98,7 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
     h[0] = h0
     c[0] = c0
-    a, mask, zones, saved = cell_options(h, h_mask, zone, 2, (False, True))
+    a, mask, zones, saved = cell_options(h, h_mask, zone, (False, True), np)
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, zones, saved)
     cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c)
     return y, (h[T].copy(), c[T].copy()), cache

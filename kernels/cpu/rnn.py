@@ -10,9 +10,9 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import ACTIVATIONS, state_grads
+from rnnfast.kernels.cells import ACTIVATIONS, cell_options, state_grads
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import (bias_grads, cell_options, contiguous, copy_row, grad_scratch, options_forward,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, options_forward,
     options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
@@ -47,7 +47,7 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h, a, mask, zones
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other. w_hh_t: W_hh^T
     packed; h[1:] holds the input projection on entry: each step adds W_hh h to it and then
     overwrites it with the state, so there is no (T, B, H) scratch. a, mask, zones, saved: the cell
-    options (common.cell_options)."""
+    options (cells.cell_options)."""
     zero = h[0, 0, 0] * 0
     for t in range(y.shape[0]):
         gemm_packed_serial(a[t, b0:b1], w_hh_t, h[t + 1, b0:b1], True, core)
@@ -73,7 +73,7 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=Non
     h = np.empty((T + 1, B, H), dtype=x.dtype)
     gemm(x.reshape(T * B, I), w_ih.T, h[1:].reshape(T * B, H), False)
     h[0] = h0
-    a, mask, zones, saved = cell_options(h, h_mask, zone, 1, (True,))
+    a, mask, zones, saved = cell_options(h, h_mask, zone, (True,), np)
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h, a, mask, zones, saved)
     cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h)
     return y, (h[T].copy(),), cache

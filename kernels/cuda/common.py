@@ -277,28 +277,54 @@ def gate_sum(hw, gate):
     return partial_sum(smem, bb, gate * units + u, rows, k_len, n, kc, ks, w_in_smem)
 
 
+@cuda.jit(device=True, inline=True)
+def options_forward(y, t, b, j, valid, opts, one):
+    """After step t's cell update of unit j, row b: zoneout mixes each zoned state part with its
+    value before the step (inside the row's length; y follows h), then the masked h enters ``a``.
+    opts: (a, mask, states, zones, saved), kernels/cells.py's cell options."""
+    a, mask, states, zones, saved = opts
+    if valid:
+        for k in range(len(states)):
+            z = zones[k]
+            if z.shape[0] > 0:
+                s, keep = states[k], saved[k]
+                new = s[t + 1, b, j]
+                if keep.shape[0] > 0:
+                    keep[t + 1, b, j] = new
+                new = z[t, b, j] * s[t, b, j] + (one - z[t, b, j]) * new
+                s[t + 1, b, j] = new
+                if k == 0:
+                    y[t, b, j] = new
+    if mask.shape[0] > 0:
+        a[t + 1, b, j] = states[0][t + 1, b, j] * mask[b, j]
+
+
 def persistent_forward(step):
     """The forward kernel of a cell: the whole time loop, each step this block's slice of
-    ``h W_hh^T`` and then ``step(y, h, cell, hw, t, b, j, valid, one)`` for each of its units j and
-    batch rows b (``valid``: t is inside row b's length; ``gate_sum(hw, g)`` reads gate g of the
-    product), then a grid barrier before the next step reads h.
+    ``a[t] W_hh^T`` and then ``step(y, h, cell, hw, t, b, j, valid, one)`` for each of its units j
+    and batch rows b (``valid``: t is inside row b's length; ``gate_sum(hw, g)`` reads gate g of the
+    product), then the cell options (:func:`options_forward`), then a grid barrier before the next
+    step reads h.
 
     The kernel's arguments: y: (T, B, H); h: (T+1, B, H) with h[0] set; cell: the tuple of the
     cell's other arrays (and flags) that ``step`` unpacks; lengths: (B,) int32; w: packed W_hh
-    (:func:`pack_forward_weights`); one: 1 in the dtype of h; then the plan's ``kernel_ints``
-    (units, n, rows, kc, ks, w_in_smem), which :func:`launch` appends."""
+    (:func:`pack_forward_weights`); one: 1 in the dtype of h; opts: (a, mask, states, zones,
+    saved), the cell options of kernels/cells.py (a is h when recurrent dropout is off; states the
+    tuple of state arrays, h first); then the plan's ``kernel_ints`` (units, n, rows, kc, ks,
+    w_in_smem), which :func:`launch` appends."""
 
     @cuda.jit
-    def forward(y, h, cell, lengths, w, one, units, n, rows, kc, ks, w_in_smem):
+    def forward(y, h, cell, lengths, w, one, opts, units, n, rows, kc, ks, w_in_smem):
         smem = cuda.shared.array(0, h.dtype)
         T, B, H = y.shape
+        a = opts[0]
         load_weights(smem, w, H * n, w_in_smem)
         grid = cuda.cg.this_grid()
         u0 = cuda.blockIdx.x * units
         for t in range(T):
             for b0 in range(0, B, rows):
                 rows_now = min(rows, B - b0)
-                block_matmul(h[t], b0, rows_now, H, w, n, smem, kc, ks, w_in_smem)
+                block_matmul(a[t], b0, rows_now, H, w, n, smem, kc, ks, w_in_smem)
                 for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
                     bb = idx // units
                     u = idx - bb * units
@@ -306,10 +332,41 @@ def persistent_forward(step):
                     if j < H:
                         b = b0 + bb
                         hw = (smem, bb, u, units, rows_now, H, n, kc, ks, w_in_smem)
-                        step(y, h, cell, hw, t, b, j, t < lengths[b], one)
+                        valid = t < lengths[b]
+                        step(y, h, cell, hw, t, b, j, valid, one)
+                        options_forward(y, t, b, j, valid, opts, one)
             grid.sync()
 
     return forward
+
+
+@cuda.jit(device=True, inline=True)
+def zoneout_split(dh, t, b, j, opts, keeps):
+    """Before step t's backward of unit j, row b (inside its length): the gradient G reaching each
+    zoned state part (for h, dh + dy) splits into z*G, kept in ``keeps`` for the state before the
+    step, and (1-z)*G for the cell's update: the part's gradient is scaled by 1-z and the step
+    reads dy scaled the same way (the host passes it so)."""
+    mask, dstates, zones, dy = opts
+    for k in range(len(dstates)):
+        keeps[k] = 0
+        z = zones[k]
+        if z.shape[0] > 0:
+            d = dstates[k]
+            g = d[b, j]
+            if k == 0:
+                keeps[k] = z[t, b, j] * (g + dy[t, b, j])
+            else:
+                keeps[k] = z[t, b, j] * g
+            d[b, j] = g - z[t, b, j] * g
+
+
+@cuda.jit(device=True, inline=True)
+def zoneout_add(b, j, opts, keeps):
+    """After step t's backward: each zoned part's gradient gets back what zoneout kept for it."""
+    mask, dstates, zones, dy = opts
+    for k in range(len(dstates)):
+        if zones[k].shape[0] > 0:
+            dstates[k][b, j] += keeps[k]
 
 
 def persistent_backward(step):
@@ -317,20 +374,25 @@ def persistent_backward(step):
     ``step(dh, dgates_h, cell, dy, t, b, j, valid, one)`` for this block's units j and every batch
     row b, which reads the gradient dh[b, j] that reached the step's output, fills the step's
     recurrent-side gate gradients dgates_h[t] and leaves in dh[b, j] only what does not pass
-    through W_hh (zero, or the GRU's direct path); then, after a grid barrier, ``dh +=
-    dgates_h[t] @ W_hh`` for this block's units, as the CPU's GEMM adds into dh (rows past a
-    length have zero gate gradients there, so their dh passes through unchanged).
+    through W_hh (zero, or the GRU's direct path), with zoneout's split around it
+    (:func:`zoneout_split`); then, after a grid barrier, ``dh += (dgates_h[t] @ W_hh) * mask`` for
+    this block's units, as the CPU's GEMM adds into dh (rows past a length have zero gate
+    gradients there, so their dh passes through unchanged; the mask is recurrent dropout's).
 
     The kernel's arguments: dh: (B, H), enters as dhT and leaves as dh0; dgates_h: (T, B, G*H);
-    cell: the tuple of the cell's other arrays (and flags) that ``step`` unpacks; dy: (T, B, H);
-    lengths: (B,) int32; w: packed W_hh (:func:`pack_backward_weights`); one; the plan's
-    ``kernel_ints``, which :func:`launch` appends."""
+    cell: the tuple of the cell's other arrays (and flags) that ``step`` unpacks; dy: (T, B, H),
+    as the step reads it (times 1 - zone_h under zoneout on h); lengths: (B,) int32; w: packed
+    W_hh (:func:`pack_backward_weights`); one; opts: (mask, dstates, zones, dy as given), the cell
+    options (dstates: the tuple of state gradients, dh first); the plan's ``kernel_ints``, which
+    :func:`launch` appends."""
 
     @cuda.jit
-    def backward(dh, dgates_h, cell, dy, lengths, w, one, units, n, rows, kc, ks, w_in_smem):
+    def backward(dh, dgates_h, cell, dy, lengths, w, one, opts, units, n, rows, kc, ks, w_in_smem):
         smem = cuda.shared.array(0, dh.dtype)
         T, B, H = dy.shape
         GH = dgates_h.shape[2]
+        mask = opts[0]
+        keeps = cuda.local.array(2, dh.dtype)
         load_weights(smem, w, GH * n, w_in_smem)
         grid = cuda.cg.this_grid()
         u0 = cuda.blockIdx.x * units
@@ -339,7 +401,12 @@ def persistent_backward(step):
                 b = idx // units
                 j = u0 + idx - b * units
                 if j < H:
-                    step(dh, dgates_h, cell, dy, t, b, j, t < lengths[b], one)
+                    valid = t < lengths[b]
+                    if valid:
+                        zoneout_split(dh, t, b, j, opts, keeps)
+                    step(dh, dgates_h, cell, dy, t, b, j, valid, one)
+                    if valid:
+                        zoneout_add(b, j, opts, keeps)
             grid.sync()
             for b0 in range(0, B, rows):
                 rows_now = min(rows, B - b0)
@@ -349,11 +416,21 @@ def persistent_backward(step):
                     u = idx - bb * units
                     j = u0 + u
                     if j < H:
-                        dh[b0 + bb, j] += partial_sum(smem, bb, u, rows_now, GH, n, kc, ks, w_in_smem)
+                        s = partial_sum(smem, bb, u, rows_now, GH, n, kc, ks, w_in_smem)
+                        if mask.shape[0] > 0:
+                            s *= mask[b0 + bb, j]
+                        dh[b0 + bb, j] += s
             # The next step's pointwise threads read dh written above by other threads of the block.
             cuda.syncthreads()
 
     return backward
+
+
+def backward_options(xp, dy, mask, states_grads, zones):
+    """(dy as the backward steps read it, the kernel's opts tuple) for the cell options of a
+    forward (kernels/cells.py): under zoneout on h the steps read dy * (1 - zone_h)."""
+    dy_step = dy if zones[0].shape[0] == 0 else dy * (1 - zones[0])
+    return dy_step, (mask, tuple(states_grads), zones, dy)
 
 
 _COMPILED = {}
@@ -390,7 +467,13 @@ def launch(kernel, plan, *args):
     """
     args = args + plan.kernel_ints
     if SIMULATOR:
-        kernel[plan.blocks, THREADS, 0, plan.smem_bytes(args[0].dtype.itemsize)](*args)
+        # The simulator runs a kernel on copies of its array arguments (copied back after), but on
+        # the arrays inside tuples themselves; one array passed both ways (h, and h again in the
+        # cell options) must stay one memory, so the top-level ones go in wrapped, uncopied.
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+
+        smem = plan.smem_bytes(args[0].dtype.itemsize)
+        kernel[plan.blocks, THREADS, 0, smem](*(FakeCUDAArray(a) if isinstance(a, np.ndarray) else a for a in args))
         return
     args = tuple(_kernel_arg(a) for a in args)
     smem = plan.smem_bytes(args[0].dtype.itemsize)

@@ -17,8 +17,8 @@ output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cells import state_grads
-from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
+from rnnfast.kernels.cells import cell_options, state_grads
+from rnnfast.kernels.cuda.common import (add_into, array_module, backward_options, contiguous, gate_sum, int32_lengths, launch,
     make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, sigmoid, tanh)
 
 
@@ -62,7 +62,7 @@ def _forward_step(y, h, cell, hw, t, b, j, valid, one):
 _forward = persistent_forward(_forward_step)
 
 
-def gru_forward(x, state, weights, lengths=None):
+def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.gru.gru_forward`: the same arguments and results, on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
@@ -75,9 +75,11 @@ def gru_forward(x, state, weights, lengths=None):
     hn = xp.empty((T, B, H), dtype=x.dtype)  # W_hn h + b_hn
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
+    a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), xp)  # backward reads gates, not h'
     plan = make_plan(B, H, 3, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (gates, hn, b_hh), lengths, pack_forward_weights(xp, w_hh, 3, plan), x.dtype.type(1))
-    cache = (x, w_ih, w_hh, lengths, h, gates, hn)
+    launch(_forward, plan, y, h, (gates, hn, b_hh), lengths, pack_forward_weights(xp, w_hh, 3, plan), x.dtype.type(1),
+           (a, mask, (h,), zones, saved))
+    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones)
     return y, (h[T].copy(),), cache
 
 
@@ -115,7 +117,7 @@ _backward = persistent_backward(_backward_step)
 
 def gru_backward(dy, dstate, cache, grads=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.gru.gru_backward`: the same arguments and results, on CuPy arrays."""
-    x, w_ih, w_hh, lengths, h, gates, hn = cache
+    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
@@ -123,13 +125,14 @@ def gru_backward(dy, dstate, cache, grads=None):
     (dh,) = state_grads(dstate, (B, H), x.dtype, xp)
     dgates_x = xp.empty((T, B, 3 * H), dtype=x.dtype)
     dgates_h = xp.empty((T, B, 3 * H), dtype=x.dtype)
+    dy_step, opts = backward_options(xp, dy, mask, (dh,), zones)
     plan = make_plan(B, H, 1, 3 * H, x.dtype.itemsize)
-    launch(_backward, plan, dh, dgates_h, (dgates_x, gates, hn, h), dy, lengths, pack_backward_weights(xp, w_hh, plan),
-           x.dtype.type(1))
+    launch(_backward, plan, dh, dgates_h, (dgates_x, gates, hn, h), dy_step, lengths,
+           pack_backward_weights(xp, w_hh, plan), x.dtype.type(1), opts)
     # dx, dW_ih, db_ih from the input side's gate gradients, dW_hh, db_hh from the recurrent side's
     dgx2 = dgates_x.reshape(T * B, 3 * H)
     dgh2 = dgates_h.reshape(T * B, 3 * H)
     dx = (dgx2 @ w_ih).reshape(T, B, I)
     dw_ih = dgx2.T @ x.reshape(T * B, I)
-    dw_hh = dgh2.T @ h[:T].reshape(T * B, H)
+    dw_hh = dgh2.T @ a[:T].reshape(T * B, H)
     return dx, (dh,), add_into(grads, (dw_ih, dw_hh, dgx2.sum(axis=0), dgh2.sum(axis=0)))

@@ -16,8 +16,8 @@ unchanged and output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cells import state_grads
-from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
+from rnnfast.kernels.cells import cell_options, state_grads
+from rnnfast.kernels.cuda.common import (add_into, array_module, backward_options, contiguous, gate_sum, int32_lengths, launch,
     make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, sigmoid, tanh)
 
 
@@ -63,7 +63,7 @@ def _forward_step(y, h, cell, hw, t, b, j, valid, one):
 _forward = persistent_forward(_forward_step)
 
 
-def lstm_forward(x, state, weights, lengths=None):
+def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.lstm.lstm_forward`: the same arguments and results, on CuPy arrays."""
     (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
@@ -77,18 +77,21 @@ def lstm_forward(x, state, weights, lengths=None):
     h[0] = h0
     c[0] = c0
     lengths = int32_lengths(xp, lengths, T, B)
+    a, mask, zones, saved = cell_options(h, h_mask, zone, (False, True), xp)
     plan = make_plan(B, H, 4, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (c, gates), lengths, pack_forward_weights(xp, w_hh, 4, plan), x.dtype.type(1))
-    cache = (x, w_ih, w_hh, lengths, h, c, gates)
+    launch(_forward, plan, y, h, (c, gates), lengths, pack_forward_weights(xp, w_hh, 4, plan), x.dtype.type(1),
+           (a, mask, (h, c), zones, saved))
+    cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c)
     return y, (h[T].copy(), c[T].copy()), cache
 
 
 @cuda.jit(device=True, inline=True)
 def _backward_step(dh, dgates, cell, dy, t, b, j, valid, one):
     # cell: dc (B, H), entering as dcT and leaving as dc0; gates (T, B, 4H) post-activation; c (T+1,
-    # B, H). Fills dgates[t] with the pre-activation gate gradients d_i, d_f, d_g, d_o (the same
-    # meaning as on the CPU): first through h' = o * tanh(c') into dc, then through c' = f * c + i * g.
-    dc, gates, c = cell
+    # B, H); c_new: c, or under zoneout the cell's own c' before the mixing. Fills dgates[t] with the
+    # pre-activation gate gradients d_i, d_f, d_g, d_o (the same meaning as on the CPU): first
+    # through h' = o * tanh(c') into dc, then through c' = f * c + i * g.
+    dc, gates, c, c_new = cell
     H = dh.shape[1]
     i_idx, f_idx, g_idx, o_idx = 0, H, 2 * H, 3 * H
     if valid:
@@ -97,7 +100,7 @@ def _backward_step(dh, dgates, cell, dy, t, b, j, valid, one):
         g = gates[t, b, g_idx + j]
         o = gates[t, b, o_idx + j]
         dh_j = dh[b, j] + dy[t, b, j]
-        tanh_c = tanh(c[t + 1, b, j])
+        tanh_c = tanh(c_new[t + 1, b, j])
         dc_j = dc[b, j] + dh_j * o * (one - tanh_c * tanh_c)
         dgates[t, b, o_idx + j] = dh_j * tanh_c * o * (one - o)
         dh[b, j] = 0  # used up; the recurrent GEMM adds the gradient for the step before
@@ -115,20 +118,21 @@ _backward = persistent_backward(_backward_step)
 
 def lstm_backward(dy, dstate, cache, grads=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.lstm.lstm_backward`: same arguments and results, on CuPy arrays."""
-    x, w_ih, w_hh, lengths, h, c, gates = cache
+    x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, c_new = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     dh, dc = state_grads(dstate, (B, H), x.dtype, xp)
     dgates = xp.empty((T, B, 4 * H), dtype=x.dtype)
+    dy_step, opts = backward_options(xp, dy, mask, (dh, dc), zones)
     plan = make_plan(B, H, 1, 4 * H, x.dtype.itemsize)
-    launch(_backward, plan, dh, dgates, (dc, gates, c), dy, lengths, pack_backward_weights(xp, w_hh, plan),
-           x.dtype.type(1))
+    launch(_backward, plan, dh, dgates, (dc, gates, c, c_new), dy_step, lengths, pack_backward_weights(xp, w_hh, plan),
+           x.dtype.type(1), opts)
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dg2 = dgates.reshape(T * B, 4 * H)
     dx = (dg2 @ w_ih).reshape(T, B, I)
     dw_ih = dg2.T @ x.reshape(T * B, I)
-    dw_hh = dg2.T @ h[:T].reshape(T * B, H)
+    dw_hh = dg2.T @ a[:T].reshape(T * B, H)
     db = dg2.sum(axis=0)
     return dx, (dh, dc), add_into(grads, (dw_ih, dw_hh, db, db.copy()))

@@ -10,8 +10,8 @@ carry the state unchanged and output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cells import ACTIVATIONS, state_grads
-from rnnfast.kernels.cuda.common import (add_into, array_module, contiguous, gate_sum, int32_lengths, launch,
+from rnnfast.kernels.cells import ACTIVATIONS, cell_options, state_grads
+from rnnfast.kernels.cuda.common import (add_into, array_module, backward_options, contiguous, gate_sum, int32_lengths, launch,
     make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, tanh)
 
 TANH, RELU = ACTIVATIONS.index("tanh"), ACTIVATIONS.index("relu")
@@ -44,7 +44,7 @@ def _forward_step(y, h, cell, hw, t, b, j, valid, one):
 _forward = persistent_forward(_forward_step)
 
 
-def rnn_forward(x, state, weights, lengths=None, act=TANH):
+def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.rnn.rnn_forward`: the same arguments and results, on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
@@ -58,20 +58,23 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH):
     h[1:] += b_ih + b_hh
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
+    a, mask, zones, saved = cell_options(h, h_mask, zone, (True,), xp)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    launch(_forward, plan, y, h, (act,), lengths, pack_forward_weights(xp, w_hh, 1, plan), x.dtype.type(1))
-    cache = (x, w_ih, w_hh, lengths, h, act)
+    launch(_forward, plan, y, h, (act,), lengths, pack_forward_weights(xp, w_hh, 1, plan), x.dtype.type(1),
+           (a, mask, (h,), zones, saved))
+    cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h)
     return y, (h[T].copy(),), cache
 
 
 @cuda.jit(device=True, inline=True)
 def _backward_step(dh, dpre, cell, dy, t, b, j, valid, one):
-    # cell: (h (T+1, B, H), act). Fills dpre[t], the pre-activation gradients, as on the CPU.
-    h, act = cell
+    # cell: (h_new (T+1, B, H), act): h_new is h, or under zoneout the cell's own h' before the
+    # mixing. Fills dpre[t], the pre-activation gradients, as on the CPU.
+    h_new, act = cell
     zero = one - one
     if valid:
         dh_j = dh[b, j] + dy[t, b, j]
-        h_j = h[t + 1, b, j]
+        h_j = h_new[t + 1, b, j]
         if act == RELU:
             dpre[t, b, j] = dh_j if h_j > zero else zero
         else:
@@ -86,19 +89,21 @@ _backward = persistent_backward(_backward_step)
 
 def rnn_backward(dy, dstate, cache, grads=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.rnn.rnn_backward`: the same arguments and results, on CuPy arrays."""
-    x, w_ih, w_hh, lengths, h, act = cache
+    x, w_ih, w_hh, lengths, h, act, a, mask, zones, h_new = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
     dy = xp.ascontiguousarray(dy, dtype=x.dtype)
     (dh,) = state_grads(dstate, (B, H), x.dtype, xp)
     dpre = xp.empty((T, B, H), dtype=x.dtype)
+    dy_step, opts = backward_options(xp, dy, mask, (dh,), zones)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
-    launch(_backward, plan, dh, dpre, (h, act), dy, lengths, pack_backward_weights(xp, w_hh, plan), x.dtype.type(1))
+    launch(_backward, plan, dh, dpre, (h_new, act), dy_step, lengths, pack_backward_weights(xp, w_hh, plan),
+           x.dtype.type(1), opts)
     # then dx, dW_ih, dW_hh as single GEMMs over all steps
     dp2 = dpre.reshape(T * B, H)
     dx = (dp2 @ w_ih).reshape(T, B, I)
     dw_ih = dp2.T @ x.reshape(T * B, I)
-    dw_hh = dp2.T @ h[:T].reshape(T * B, H)
+    dw_hh = dp2.T @ a[:T].reshape(T * B, H)
     db = dp2.sum(axis=0)
     return dx, (dh,), add_into(grads, (dw_ih, dw_hh, db, db.copy()))
