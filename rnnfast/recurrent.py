@@ -13,7 +13,7 @@ Parameters carry PyTorch's names, shapes, gate orders and init (``weight_ih_l{k}
     ((6, 3, 16), (4, 3, 8), (6, 3, 4))
 
 A layer owns the time loop (in the kernels), the stacking of layers, both directions, the
-dropout between layers and the weight drop on ``W_hh``; the kernels (``rnnfast.kernels.<backend>.<cell>``) do one layer and one
+dropout between layers, the weight drop on ``W_hh`` and the draws of the cell options; the kernels (``rnnfast.kernels.<backend>.<cell>``) do one layer and one
 direction. The backward direction runs over each sequence reversed within its own length.
 ``forward`` keeps the caches of its last call and ``backward`` runs BPTT through them.
 
@@ -23,6 +23,16 @@ probability p, else ``1/(1-p)``, inverted-dropout scaling), shared by the batch 
 step; the kernels run on ``W_hh * mask`` and backward masks the gradient the same way,
 ``dW_hh += mask * dW_hh_eff``. Eval mode uses the plain weights. The masks come from the same
 counter-based streams as the dropout (``rng_state``), so CPU and GPU draw the same ones.
+
+``recurrent_dropout=p`` is variational dropout on the state (Gal & Ghahramani 2016; Keras's
+``recurrent_dropout``): in training each forward call draws one mask per layer and direction over
+(B, H), on ``h_{t-1}`` where it enters the recurrent product ``W_hh h``, the same at every time step,
+scaled by ``1/(1-p)``. ``zoneout=p`` (Krueger et al. 2016), or ``(p_h, p_c)`` for the LSTM: at
+each step each unit keeps its previous state with probability p, ``h_t = d*h_{t-1} + (1-d)*h'``,
+with fresh draws per unit, step, sequence, layer and direction; eval mode uses the expectation
+``p*h_{t-1} + (1-p)*h'``, as haste does. The LSTM's ``tanh`` reads the cell's own ``c'``. Both run
+inside the kernels (the cell options of kernels/README.md), on both backends, with masks from the
+same streams; p = 0 leaves the layer as it is, bit for bit.
 """
 from __future__ import annotations
 
@@ -31,7 +41,7 @@ import numpy as np
 from rnnfast.backend import get_backend, to_numpy
 from rnnfast.kernels.cells import CELLS, cell_named
 from rnnfast.module import Module
-from rnnfast.random import dropout_mask
+from rnnfast.random import dropout_mask, uniform
 
 _DTYPES = (np.float32, np.float64)
 
@@ -85,6 +95,19 @@ def param_shapes(cell, input_size, hidden_size, num_layers=1, bias=True, bidirec
     return shapes
 
 
+def _zoneout_fractions(zoneout, parts) -> tuple[float, ...]:
+    """``zoneout`` as one fraction per state part: a number for every part, or a pair (p_h, p_c)
+    for a cell with two; each in [0, 1)."""
+    values = tuple(zoneout) if isinstance(zoneout, (tuple, list)) else (zoneout,) * len(parts)
+    if len(values) != len(parts):
+        form = "a number or a pair (p_h, p_c)" if len(parts) == 2 else "a number (this cell has only h)"
+        raise ValueError(f"zoneout must be {form}, got {zoneout!r}")
+    for part, p in zip(parts, values):
+        if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= float(p) < 1.0:
+            raise ValueError(f"zoneout for {part} must be in [0, 1), got {p!r}")
+    return tuple(float(p) for p in values)
+
+
 class _Recurrent(Module):
     """Shared machinery of RNN, LSTM and GRU: parameters, validation, layers and directions.
     What differs between the cells is read from their entry in the cell table (``self.spec``)."""
@@ -93,7 +116,7 @@ class _Recurrent(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity=None,
-                 weight_drop=0.0):
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
         super().__init__()
         if nonlinearity is not None and self.cell != "rnn":
             raise TypeError(f"{type(self).__name__} has no nonlinearity option")
@@ -103,16 +126,18 @@ class _Recurrent(Module):
         _check_size("num_layers", num_layers)
         if not 0.0 <= float(dropout) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        if not 0.0 <= float(weight_drop) < 1.0:
-            raise ValueError(f"weight_drop must be in [0, 1), got {weight_drop!r}")
+        for name, p in (("weight_drop", weight_drop), ("recurrent_dropout", recurrent_dropout)):
+            if not 0.0 <= float(p) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p!r}")
         choices = [c.activation for c in CELLS.values() if c.kind == "rnn"]
         if nonlinearity not in choices:
             raise ValueError(f"nonlinearity must be one of {', '.join(map(repr, choices))}, got {nonlinearity!r}")
         self.input_size, self.hidden_size, self.num_layers = int(input_size), int(hidden_size), int(num_layers)
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.nonlinearity = bool(bidirectional), nonlinearity
-        self.weight_drop = float(weight_drop)
+        self.weight_drop, self.recurrent_dropout = float(weight_drop), float(recurrent_dropout)
         self.spec = cell_named(self.cell, nonlinearity)
+        self.zoneout = _zoneout_fractions(zoneout, self.spec.state)
         self.num_directions = 2 if bidirectional else 1
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(seed)
@@ -193,6 +218,29 @@ class _Recurrent(Module):
         return host.astype(np.int64)
 
     # -- kernels --------------------------------------------------------------------------------
+    def cell_options(self, T, B, xp) -> dict:
+        """The cell options for one kernel call of a layer and direction (kernels/README.md): the
+        recurrent-dropout mask and zoneout's fractions, drawn from the dropout streams in training
+        (each draw advances the stream), zoneout's constant expectation in eval; {} when all are off."""
+        options, H = {}, self.hidden_size
+        if self.training and self.recurrent_dropout > 0:
+            options["h_mask"] = dropout_mask((B, H), self.recurrent_dropout, self.dropout_seed, self.dropout_stream, xp,
+                                             self.dtype)
+            self.dropout_stream += 1
+        if any(self.zoneout):
+            zone = []
+            for p in self.zoneout:
+                if p == 0:
+                    zone.append(None)
+                elif self.training:
+                    keep = uniform((T, B, H), self.dropout_seed, self.dropout_stream, xp, np.float32) < p
+                    self.dropout_stream += 1
+                    zone.append(keep.astype(self.dtype))
+                else:
+                    zone.append(xp.full((T, B, H), p, self.dtype))
+            options["zone"] = tuple(zone)
+        return options
+
     def direction_weights(self, layer: int, direction: int = 0, xp=np):
         """(w_ih, w_hh, b_ih, b_hh) of one layer and direction, as the kernels take them; zeros for
         the biases of a layer built with ``bias=False``."""
@@ -246,7 +294,8 @@ class _Recurrent(Module):
                     self.dropout_stream += 1
                     w_hh = w_hh * weight_mask
                 weight_masks.append(weight_mask)
-                y_d, final, cache = forward(inp, tuple(s[idx] for s in state), (w_ih, w_hh, b_ih, b_hh), lengths_dev)
+                y_d, final, cache = forward(inp, tuple(s[idx] for s in state), (w_ih, w_hh, b_ih, b_hh), lengths_dev,
+                                            **self.cell_options(T, B, xp))
                 outs.append(y_d if d == 0 else _reverse(y_d, rev, xp))
                 caches.append(cache)
                 for acc, f in zip(finals, final):
@@ -320,9 +369,10 @@ class _Recurrent(Module):
 
     def __repr__(self):
         extra = f", nonlinearity={self.nonlinearity!r}" if self.cell == "rnn" else ""
+        zoneout = self.zoneout if len(set(self.zoneout)) > 1 else self.zoneout[0]
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
-                f", bidirectional={self.bidirectional}, dropout={self.dropout}"
-                f", weight_drop={self.weight_drop}{extra}, dtype={self.dtype.name})")
+                f", bidirectional={self.bidirectional}, dropout={self.dropout}, weight_drop={self.weight_drop}"
+                f", recurrent_dropout={self.recurrent_dropout}, zoneout={zoneout}{extra}, dtype={self.dtype.name})")
 
 
 class RNN(_Recurrent):
@@ -354,9 +404,10 @@ class _Cell(Module):
 
     def __init__(self, input_size, hidden_size, bias=True, dtype=np.float32, seed=None, **kwargs):
         super().__init__()
-        if kwargs.get("weight_drop", 0):
-            raise ValueError(f"{type(self).__name__} has no weight_drop: a mask per forward call would be a new mask "
-                             f"every step; run rf.{self.layer_class.__name__}(..., weight_drop=p) over the sequence")
+        for name in ("weight_drop", "recurrent_dropout"):
+            if kwargs.get(name, 0):
+                raise ValueError(f"{type(self).__name__} has no {name}: a mask per forward call would be a new mask "
+                                 f"every step; run rf.{self.layer_class.__name__}(..., {name}=p) over the sequence")
         self._layer = self.layer_class(input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **kwargs)
         self.input_size, self.hidden_size, self.dtype = input_size, hidden_size, self._layer.dtype
         for name in list(self._layer._params):

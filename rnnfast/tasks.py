@@ -1,8 +1,9 @@
 """Tasks: what each kind of run reads, how it splits it, its model and the baseline it must beat.
 
 - ``charlm``: a text file (or the built-in corpus) -> character ids, the last ``val_frac`` held out.
-- ``forecast``: one numeric CSV column -> windows of ``window`` values and the ``horizon`` after
-  them, standardised on the training part; the last ``val_frac`` of the series is held out.
+- ``forecast``: one numeric CSV column, and optionally feature columns beside it -> windows of
+  ``window`` rows and the target's ``horizon`` values after them, each column standardised on the
+  training part; the last ``val_frac`` of the series is held out.
 - ``classify``: a CSV/TSV of texts and labels -> characters cut to ``seq_len``, a seeded shuffle,
   then ``val_frac`` of the rows held out.
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from rnnfast.corpus import default_corpus_path
-from rnnfast.data import (StandardScaler, Scaler, Vocab, forecast_windows, load_csv_column, load_text_labels,
+from rnnfast.data import (StandardScaler, Scaler, Vocab, forecast_windows, load_csv_columns, load_text_labels,
                           read_text, require_length, sliding_windows, split_ids)
 from rnnfast.errors import CheckpointError, DataError
 from rnnfast.metrics import bits_per_char
@@ -92,45 +93,83 @@ def read_charlm(path=None, *, batch_size: int, seq_len: int, val_frac: float = 0
 # -- forecast -----------------------------------------------------------------------------------
 
 def persistence_loss(X: np.ndarray, Y: np.ndarray) -> float:
-    """MSE of the forecast "every next value equals the last one seen", the baseline a forecaster must beat."""
-    return float(((Y - X[:, -1:]) ** 2).mean())
+    """MSE of the forecast "every next value equals the last one seen", the baseline a forecaster must beat.
+    X: (N, window) values or (N, window, F) rows whose column 0 is the target; Y: (N, horizon)."""
+    last = X[:, -1] if X.ndim == 2 else X[:, -1, 0]
+    return float(((Y - last[:, None]) ** 2).mean())
 
 
 def read_forecast(path, column: str | int, *, window: int, horizon: int = 1, val_frac: float = 0.1,
-                  encoding: str = "utf-8") -> TaskData:
+                  encoding: str = "utf-8", features=()) -> TaskData:
     """One numeric column (a header name or a 0-based index) of a CSV file as forecasting windows,
-    standardised on the training part (the scaler goes into ``meta``), the last ``val_frac`` held out."""
-    series = load_csv_column(path, column, encoding=encoding)
+    with the ``features`` columns beside it as more inputs (each row of a window: the target, then
+    the features), each column standardised on the training part, the last ``val_frac`` held out.
+    ``meta``: the target's scaler (``"scaler"``) and, with features, ``"features"``: their columns
+    and scaler."""
+    features = list(features)
+    values = load_csv_columns(path, [column, *features], encoding=encoding,
+                              options=["--column"] + ["--features"] * len(features))
     scaler = StandardScaler()  # fitted on the training part by forecast_windows, kept for later data
-    splits = forecast_windows(series, window, horizon, val_frac, scaler=scaler)
+    # one column is one series (N,), as before there were features, so its scaler is the one it was
+    splits = forecast_windows(values if features else values[:, 0], window, horizon, val_frac, scaler=scaler)
     train, val = splits["train"], splits["val"]
     require_length(len(val[0]), 1, f"the validation part of {path}",
                    "it needs at least one window's targets; use a larger --val-frac or a smaller --horizon",
                    unit="windows")
-    return TaskData(train, val, {"scaler": scaler.to_dict()},
-                    f"{path} column {column!r} ({len(series):,} values; "
+    meta = {"scaler": scaler.to_dict()}
+    if features:
+        meta = {"scaler": scaler.select(0).to_dict(),
+                "features": {"columns": features, "scaler": scaler.select(slice(1, None)).to_dict()}}
+    beside = f" with features {', '.join(map(repr, features))}" if features else ""
+    return TaskData(train, val, meta,
+                    f"{path} column {column!r}{beside} ({len(values):,} values; "
                     f"{len(train[0]):,} training and {len(val[0]):,} validation windows)",
                     persistence_loss(*val), "last value")
 
 
+def feature_columns(meta: dict) -> list:
+    """The columns a forecaster reads beside its target (``features`` of :func:`read_forecast`), from
+    its checkpoint's meta; [] for a forecaster of its target alone."""
+    return list(meta["features"]["columns"]) if "features" in meta else []
+
+
+def scale_forecast_inputs(meta: dict, values: np.ndarray, checkpoint="the checkpoint") -> np.ndarray:
+    """values: (N, 1 + K) rows of a CSV (the target, then the K :func:`feature_columns`) in its units
+    -> what the model reads, each column scaled as in training: (N,) for K = 0, else (N, 1 + K)."""
+    target = Scaler.from_dict(checkpoint_part(meta, "scaler", checkpoint)).transform(values[:, 0])
+    if values.shape[1] == 1:
+        return target
+    features = Scaler.from_dict(checkpoint_part(meta, "features", checkpoint)["scaler"])
+    return np.column_stack([target, features.transform(values[:, 1:])])
+
+
 def forecast_eval_windows(meta: dict, path, column: str | int, *, window: int, horizon: int = 1,
                           encoding: str = "utf-8") -> tuple[np.ndarray, np.ndarray]:
-    """Every window of a new CSV file, scaled as in training (``meta`` holds the scaler)."""
-    series = load_csv_column(path, column, encoding=encoding)
-    return sliding_windows(Scaler.from_dict(checkpoint_part(meta, "scaler", "the checkpoint")).transform(series), window, horizon)
+    """Every window of a new CSV file, of the columns the checkpoint's forecaster reads, scaled as in
+    training (``meta`` holds the scalers)."""
+    values = load_csv_columns(path, [column, *feature_columns(meta)], encoding=encoding)
+    return sliding_windows(scale_forecast_inputs(meta, values), window, horizon)
 
 
 # -- classify -----------------------------------------------------------------------------------
 
-def encode_texts(vocab: Vocab, texts, max_len: int, path) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> ids (N, T) int32 padded with 0 and lengths (N,), each cut to ``max_len`` characters."""
+def encode_texts(vocab: Vocab, texts, max_len: int, path, lines=None) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> ids (N, T) int32 padded with 0 and lengths (N,), each cut to ``max_len`` characters.
+    An empty text or a character outside ``vocab`` is a DataError naming the text by its line in
+    ``path`` (``lines``: each text's) or else by its data row."""
+    def where(i):
+        return f"{path} line {lines[i]}" if lines is not None else f"{path}: data row {i + 1}"
+
     lengths = np.array([min(len(t), max_len) for t in texts], dtype=np.int32)
     if (lengths == 0).any():
-        row = int(np.flatnonzero(lengths == 0)[0]) + 1
-        raise DataError(f"{path}: data row {row} has an empty text; fill it in or remove that row")
+        raise DataError(f"{where(int(np.flatnonzero(lengths == 0)[0]))} has an empty text; "
+                        "fill it in or remove that row")
     ids = np.zeros((len(texts), int(lengths.max())), dtype=np.int32)
     for i, (text, n) in enumerate(zip(texts, lengths)):
-        ids[i, :n] = vocab.encode(text[:n])
+        try:
+            ids[i, :n] = vocab.encode(text[:n])
+        except DataError as exc:
+            raise DataError(f"{where(i)}: {exc}") from None
     return ids, lengths
 
 
@@ -177,14 +216,16 @@ def classify_eval_data(meta: dict, path, *, seq_len: int, text_column="text", la
 
 def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, cell: str = "lstm",
                 dropout: float = 0.0, dtype=np.float32, seed: int | None = None, bidirectional: bool = False,
-                horizon: int = 1, weight_drop: float = 0.0):
-    """The task's model for ``td``, freshly initialised (the seed fixes every weight)."""
+                horizon: int = 1, **options):
+    """The task's model for ``td``, freshly initialised (the seed fixes every weight); ``options``:
+    the recurrent layer's regularisers (weight_drop, recurrent_dropout, zoneout)."""
     common = dict(hidden_size=hidden_size, num_layers=num_layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
-                  seed=seed, weight_drop=weight_drop)
+                  seed=seed, **options)
     if task == "charlm":
         return CharRNN(len(td.meta["vocab"]["chars"]), **common)
     if task == "forecast":
-        return SeqRegressor(1, output_size=horizon, bidirectional=bidirectional, **common)
+        return SeqRegressor(1 + len(feature_columns(td.meta)), output_size=horizon, bidirectional=bidirectional,
+                            **common)
     return SeqClassifier(len(td.meta["vocab"]["chars"]), len(td.meta["labels"]), bidirectional=bidirectional,
                          **common)
 

@@ -44,6 +44,7 @@ from rnnfast.backend import get_array_module
 from rnnfast.checkpoint import (carried_tensors, join_tensors, load_checkpoint, load_weights, optimizer_tensors,
                                 save_checkpoint)
 from rnnfast.errors import CheckpointError, NonFiniteLossError, RnnfastError
+from rnnfast.models.base import REGULARISERS
 from rnnfast.optim import Adam, clip_grad_norm
 from rnnfast.rundir import hold, remove_temp_files
 
@@ -85,7 +86,7 @@ class _Progress:
 
 # Model settings added after checkpoints were first written, with the value a checkpoint that
 # lacks one was trained with, so that a run from before a setting existed still resumes.
-ADDED_SETTINGS = {"weight_drop": 0.0}
+ADDED_SETTINGS = dict(REGULARISERS)
 
 
 def config_mismatch(saved: dict, ours: dict) -> list[tuple[str, object, object]]:

@@ -109,6 +109,14 @@ def grad_scratch(B, H, dtype, mask, zones):
     return dy_step, keeps, (np.empty((B, H), dtype) if mask.shape[0] else empty)
 
 
+@njit(cache=True, error_model="numpy")
+def _zone_row(z_row, prev, new, one):
+    """new = z * prev + (1 - z) * new for one row: without fastmath, so that a unit that zones out
+    (z = 1) keeps its old state exactly; fastmath's reassociation would round it."""
+    for j in range(new.shape[0]):
+        new[j] = z_row[j] * prev[j] + (one - z_row[j]) * new[j]
+
+
 @njit(inline="always", fastmath=True, error_model="numpy")
 def options_forward(t, b0, b1, lengths, y, states, a, mask, zones, saved, one):
     """After step t's cell update of rows b0:b1: zoneout mixes each zoned state part with its value
@@ -118,13 +126,11 @@ def options_forward(t, b0, b1, lengths, y, states, a, mask, zones, saved, one):
             s, z, keep = states[k], zones[k], saved[k]
             for b in range(b0, b1):
                 if t < lengths[b]:
-                    z_row, prev, new = z[t, b], s[t, b], s[t + 1, b]
                     if keep.shape[0] > 0:
-                        copy_row(keep[t + 1, b], new)
-                    for j in range(new.shape[0]):
-                        new[j] = z_row[j] * prev[j] + (one - z_row[j]) * new[j]
+                        copy_row(keep[t + 1, b], s[t + 1, b])
+                    _zone_row(z[t, b], s[t, b], s[t + 1, b], one)
                     if k == 0:
-                        copy_row(y[t, b], new)
+                        copy_row(y[t, b], s[t + 1, b])
     if mask.shape[0] > 0:
         h = states[0]
         for b in range(b0, b1):

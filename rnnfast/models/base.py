@@ -17,14 +17,25 @@ from rnnfast.recurrent import GRU, LSTM, RNN, param_shapes
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 
+# the recurrent layer's regularisers a model passes through and records in its config, with their
+# defaults (off); a config written before one existed builds the model without it
+REGULARISERS = {"weight_drop": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0}
+
+
+def regularisers(weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0) -> dict:
+    """The regulariser settings as a model's config records them (zoneout a number or a list)."""
+    zoneout = [float(p) for p in zoneout] if isinstance(zoneout, (tuple, list)) else float(zoneout)
+    return {"weight_drop": float(weight_drop), "recurrent_dropout": float(recurrent_dropout), "zoneout": zoneout}
+
+
 def recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, dtype, seed, batch_first,
-                    weight_drop=0.0):
-    """The model's recurrent part: the ``cell`` layer of :data:`CELLS`, or a ValueError naming the cells."""
+                    **options):
+    """The model's recurrent part: the ``cell`` layer of :data:`CELLS`, or a ValueError naming the
+    cells; ``options``: the layer's regularisers (:data:`REGULARISERS`)."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
     return CELLS[cell](input_size, hidden_size, num_layers=num_layers, dropout=dropout,
-                       bidirectional=bidirectional, dtype=dtype, seed=seed, batch_first=batch_first,
-                       weight_drop=weight_drop)
+                       bidirectional=bidirectional, dtype=dtype, seed=seed, batch_first=batch_first, **options)
 
 
 def recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional) -> dict[str, tuple]:

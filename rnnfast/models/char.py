@@ -13,7 +13,7 @@ from rnnfast.data import StreamBatcher
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy
 from rnnfast.metrics import bits_per_char, perplexity
-from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, resolve_seed
+from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, regularisers, resolve_seed
 from rnnfast.models.sampling import CharSampling
 
 
@@ -32,16 +32,16 @@ class CharRNN(CharSampling, Model):
 
     def __init__(self, vocab_size: int, hidden_size: int = 256, num_layers: int = 2, cell: str = "lstm",
                  dropout: float = 0.0, embedding_dim: int | None = None, dtype=np.float32, seed: int | None = None,
-                 weight_drop: float = 0.0):
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0):
         seed = resolve_seed(seed)
         embedding_dim = hidden_size if embedding_dim is None else embedding_dim
         dtype = np.dtype(dtype)
+        options = regularisers(weight_drop, recurrent_dropout, zoneout)
         super().__init__(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, cell=cell,
-                         dropout=float(dropout), embedding_dim=embedding_dim, dtype=dtype.name, seed=seed,
-                         weight_drop=float(weight_drop))
+                         dropout=float(dropout), embedding_dim=embedding_dim, dtype=dtype.name, seed=seed, **options)
         s = child_seeds(seed, 4)
         # built first: it checks sizes, dropout and dtype with the clearest messages
-        rnn = recurrent_layer(cell, embedding_dim, hidden_size, num_layers, dropout, False, dtype, s[1], False, weight_drop)
+        rnn = recurrent_layer(cell, embedding_dim, hidden_size, num_layers, dropout, False, dtype, s[1], False, **options)
         self.add("embed", Embedding(vocab_size, embedding_dim, dtype=dtype, seed=s[0]))
         self.add("rnn", rnn)
         self.add("drop", Dropout(dropout, seed=s[3]))

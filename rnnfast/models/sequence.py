@@ -10,7 +10,7 @@ from rnnfast.backend import get_array_module, to_numpy
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy, mse
 from rnnfast.metrics import accuracy, mae, precision_recall_f1, rmse
-from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, resolve_seed
+from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, regularisers, resolve_seed
 
 def _unpack(batch):
     """``(x, y)`` or ``(x, lengths, y)`` -> x, lengths (or None), y."""
@@ -49,10 +49,10 @@ class _SequenceModel(Model):
     many_to_many = False
 
     def _build(self, cell, input_size, hidden_size, num_layers, bidirectional, dropout, out_features, dtype, seed,
-               vocab_size=None, weight_drop=0.0):
+               vocab_size=None, **options):
         s = child_seeds(seed, 4)
         rnn = recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, dtype, s[1], True,
-                              weight_drop)
+                              **options)
         if vocab_size is not None:
             self.add("embed", Embedding(vocab_size, input_size, dtype=dtype, seed=s[0]))
         self.add("rnn", rnn)
@@ -119,16 +119,17 @@ class SeqRegressor(_SequenceModel):
 
     def __init__(self, input_size: int, hidden_size: int = 64, output_size: int = 1, num_layers: int = 1,
                  cell: str = "lstm", bidirectional: bool = False, dropout: float = 0.0, many_to_many: bool = False,
-                 dtype=np.float32, seed: int | None = None, weight_drop: float = 0.0):
+                 dtype=np.float32, seed: int | None = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
+                 zoneout=0.0):
         seed = resolve_seed(seed)
         dtype = np.dtype(dtype)
+        options = regularisers(weight_drop, recurrent_dropout, zoneout)
         super().__init__(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
                          num_layers=num_layers, cell=cell, bidirectional=bool(bidirectional), dropout=float(dropout),
-                         many_to_many=bool(many_to_many), dtype=dtype.name, seed=seed,
-                         weight_drop=float(weight_drop))
+                         many_to_many=bool(many_to_many), dtype=dtype.name, seed=seed, **options)
         self.input_size, self.output_size, self.many_to_many = input_size, output_size, bool(many_to_many)
         self._build(cell, input_size, hidden_size, num_layers, bidirectional, dropout, output_size, dtype, seed,
-                    weight_drop=weight_drop)
+                    **options)
 
     @classmethod
     def _shapes(cls, input_size, hidden_size, output_size, num_layers, cell, bidirectional, **_) -> dict[str, tuple]:
@@ -204,7 +205,7 @@ class SeqClassifier(_SequenceModel):
     def __init__(self, vocab_size: int | None, num_classes: int, hidden_size: int = 128, num_layers: int = 1,
                  cell: str = "lstm", bidirectional: bool = False, dropout: float = 0.0,
                  embedding_dim: int | None = None, input_size: int | None = None, dtype=np.float32,
-                 seed: int | None = None, weight_drop: float = 0.0):
+                 seed: int | None = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0):
         if (vocab_size is None) == (input_size is None):
             raise ValueError("give vocab_size (token ids in) or input_size (feature vectors in), exactly one of them")
         if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -213,14 +214,14 @@ class SeqClassifier(_SequenceModel):
         dtype = np.dtype(dtype)
         if vocab_size is not None:
             embedding_dim = hidden_size if embedding_dim is None else embedding_dim
+        options = regularisers(weight_drop, recurrent_dropout, zoneout)
         super().__init__(vocab_size=vocab_size, num_classes=num_classes, hidden_size=hidden_size,
                          num_layers=num_layers, cell=cell, bidirectional=bool(bidirectional), dropout=float(dropout),
-                         embedding_dim=embedding_dim, input_size=input_size, dtype=dtype.name, seed=seed,
-                         weight_drop=float(weight_drop))
+                         embedding_dim=embedding_dim, input_size=input_size, dtype=dtype.name, seed=seed, **options)
         self.num_classes = num_classes
         rnn_input = embedding_dim if vocab_size is not None else input_size
         self._build(cell, rnn_input, hidden_size, num_layers, bidirectional, dropout, num_classes, dtype, seed,
-                    vocab_size=vocab_size, weight_drop=weight_drop)
+                    vocab_size=vocab_size, **options)
 
     @classmethod
     def _shapes(cls, vocab_size, num_classes, hidden_size, num_layers, cell, bidirectional, embedding_dim, input_size,
