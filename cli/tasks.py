@@ -17,9 +17,32 @@ def _column(value):
     return int(value) if value is not None and value.isdigit() else value
 
 
+def _features(opts: dict) -> list:
+    """--features a,b,c: the columns read beside --column, each as --column reads one (a checkpoint
+    from before the option has none)."""
+    value = opts.get("features")
+    if not value:
+        return []
+    if opts["task"] != "forecast":
+        raise DataError(f"--features is for --task forecast (the columns a forecaster reads beside --column); "
+                        f"drop it for --task {opts['task']}")
+    names = [name.strip() for name in value.split(",")]
+    if "" in names:
+        raise DataError(f"--features {value!r} has an empty column name; give names (or 0-based indexes) "
+                        "separated by commas, such as --features volume,open")
+    if str(opts["column"]) in names:
+        raise DataError(f"--features names the --column {opts['column']!r} itself, which the model always reads; "
+                        "drop it from --features")
+    repeated = [name for name in names if names.count(name) > 1]
+    if repeated:
+        raise DataError(f"--features names {repeated[0]!r} twice; give each column once")
+    return [_column(name) for name in names]
+
+
 def read_task(opts: dict) -> TaskData:
     """The data of ``opts["task"]``, read and split as the train options say."""
     task, data = opts["task"], opts["data"]
+    features = _features(opts)
     if task == "charlm":
         return tasks.read_charlm(data, batch_size=opts["batch_size"], seq_len=opts["seq_len"],
                                  val_frac=opts["val_frac"], encoding=opts["encoding"])
@@ -29,7 +52,7 @@ def read_task(opts: dict) -> TaskData:
         if opts["column"] is None:
             raise DataError("--task forecast needs --column: the header name (or 0-based index) of the values to forecast")
         return tasks.read_forecast(data, _column(opts["column"]), window=opts["window"], horizon=opts["horizon"],
-                                   val_frac=opts["val_frac"], encoding=opts["encoding"])
+                                   val_frac=opts["val_frac"], encoding=opts["encoding"], features=features)
     if data is None:
         raise DataError("--task classify needs a CSV or TSV file with a text and a label column: "
                         "rnnfast train reviews.tsv --task classify")

@@ -35,7 +35,7 @@ RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirecti
 # Checkpoints from before these options ran the constant rate, which their defaults give.
 LR_SCHEDULE_OPTIONS = ("lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr")
 # Options newer than some checkpoints: a checkpoint without one ran what its default gives.
-NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop",)
+NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "features")
 RUN_OPTIONS += NEWER_OPTIONS
 LIMITS = ("steps", "epochs", "time_budget")
 
@@ -302,6 +302,9 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
               help="forecast: past values the model reads.")
 @click.option("--horizon", type=click.IntRange(min=1), default=1, show_default=True,
               help="forecast: future values it predicts.")
+@click.option("--features", default=None, metavar="A,B,...",
+              help="forecast: more CSV columns the model reads beside --column (names or 0-based indexes, "
+                   "comma-separated), each standardised on the training part.")
 @click.option("--text-column", default="text", show_default=True, help="classify: the column holding the texts.")
 @click.option("--label-column", default="label", show_default=True, help="classify: the column holding the labels.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the live progress bar.")

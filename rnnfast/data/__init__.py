@@ -33,10 +33,11 @@ whose one-line message says what to do.
 from rnnfast.data.batching import ArrayBatcher, StreamBatcher
 from rnnfast.data.scaling import MinMaxScaler, Scaler, StandardScaler
 from rnnfast.data.splits import chronological_split, require_length, split_ids
-from rnnfast.data.tables import load_csv_column, load_text_labels
+from rnnfast.data.tables import load_csv_column, load_csv_columns, load_text_column, load_text_labels
 from rnnfast.data.text import Vocab, read_text
 from rnnfast.data.windows import forecast_windows, sliding_windows
 
 __all__ = ["ArrayBatcher", "MinMaxScaler", "Scaler", "StandardScaler", "StreamBatcher", "Vocab", "chronological_split",
-           "forecast_windows", "load_csv_column", "load_text_labels", "read_text", "require_length",
+           "forecast_windows", "load_csv_column", "load_csv_columns", "load_text_column", "load_text_labels",
+           "read_text", "require_length",
            "sliding_windows", "split_ids"]

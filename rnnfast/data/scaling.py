@@ -42,6 +42,14 @@ class Scaler:
     def fit_transform(self, x) -> np.ndarray:
         return self.fit(x).transform(x)
 
+    def select(self, index) -> "Scaler":
+        """A scaler of the same kind for some of the fitted columns: ``index`` into the statistics'
+        last axis (an int for one column, whose statistics are then scalars; a slice for several)."""
+        self._check_fitted()
+        out = type(self)()
+        out.offset, out.scale = np.asarray(self.offset)[..., index], np.asarray(self.scale)[..., index]
+        return out
+
     def to_dict(self) -> dict:
         """A JSON-able description (kind, offset, scale), stored in checkpoints' metadata."""
         self._check_fitted()

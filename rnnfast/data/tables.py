@@ -1,5 +1,6 @@
-"""CSV and TSV tables: one numeric column (:func:`load_csv_column`, for forecasting) or texts and
-their labels (:func:`load_text_labels`, for classification); every bad cell is a DataError naming its line.
+"""CSV and TSV tables: numeric columns (:func:`load_csv_column`, :func:`load_csv_columns`, for
+forecasting), texts and their labels (:func:`load_text_labels`, for classification) or texts alone
+(:func:`load_text_column`, to label new ones); every bad cell is a DataError naming its line.
 """
 from __future__ import annotations
 
@@ -40,8 +41,9 @@ def _read_table(path, delimiter: str | None, encoding: str) -> list[tuple[int, l
     return rows
 
 
-def _column_index(header: list[str], column, path) -> int:
-    """Index of ``column`` (a header name, or a 0-based position) in ``header``."""
+def _column_index(header: list[str], column, path, option: str | None) -> int:
+    """Index of ``column`` (a header name, or a 0-based position) in ``header``; ``option``: the
+    command-line option that names it, for the message (None: the column is not the user's choice)."""
     names = [h.strip() for h in header]
     if isinstance(column, (int, np.integer)):
         if -len(names) <= column < len(names):
@@ -49,7 +51,8 @@ def _column_index(header: list[str], column, path) -> int:
     elif column.strip() in names:
         return names.index(column.strip())
     available = ", ".join(f"{i}: {n!r}" for i, n in enumerate(names))
-    raise DataError(f"{path} has no column {column!r}; its columns are {available}; pass one of them (--column)")
+    advice = "pass a table that has it" if option is None else f"pass one of them ({option})"
+    raise DataError(f"{path} has no column {column!r}; its columns are {available}; {advice}")
 
 
 def _field(row: list[str], index: int, line: int, column, path) -> str:
@@ -66,27 +69,50 @@ def load_csv_column(path, column, *, header: bool = True, delimiter: str | None 
     ``column`` must be an index. Blank lines are skipped; an empty, non-numeric or non-finite cell is
     a DataError naming its line.
     """
+    return load_csv_columns(path, [column], header=header, delimiter=delimiter, encoding=encoding,
+                            options=["--column"])[:, 0]
+
+
+def load_csv_columns(path, columns, *, header: bool = True, delimiter: str | None = None, encoding: str = "utf-8",
+                     options=None) -> np.ndarray:
+    """Numeric columns of a CSV/TSV file as (N, len(columns)) float64, in file order, read in one pass;
+    each column as :func:`load_csv_column` reads one. ``options``: for each column, the command-line
+    option that named it (``--column``, ``--features``), which a missing column's message names;
+    None for columns the user did not choose here (a checkpoint's)."""
     rows = _read_table(path, delimiter, encoding)
     if header:
-        index, rows = _column_index(rows[0][1], column, path), rows[1:]
-    elif isinstance(column, (int, np.integer)):
-        index = int(column)
+        options = [None] * len(columns) if options is None else options
+        indexes, rows = [_column_index(rows[0][1], c, path, o) for c, o in zip(columns, options)], rows[1:]
+    elif all(isinstance(c, (int, np.integer)) for c in columns):
+        indexes = [int(c) for c in columns]
     else:
-        raise ValueError("with header=False, pass the column as a 0-based index")
+        raise ValueError("with header=False, pass the columns as 0-based indexes")
     if not rows:
         raise DataError(f"{path} has a header but no data rows; pass a file with values in it")
-    values = np.empty(len(rows), dtype=np.float64)
+    values = np.empty((len(rows), len(columns)), dtype=np.float64)
     for k, (line, row) in enumerate(rows):
-        cell = _field(row, index, line, column, path)
-        try:
-            values[k] = float(cell)
-        except ValueError:
-            raise DataError(f"{path} line {line}, column {column!r}: {cell!r} is not a number; "
-                            "fill in or remove that row") from None
-        if not np.isfinite(values[k]):
-            raise DataError(f"{path} line {line}, column {column!r}: {cell!r} is not a finite number; "
-                            "fill in or remove that row")
+        for j, (index, column) in enumerate(zip(indexes, columns)):
+            cell = _field(row, index, line, column, path)
+            try:
+                values[k, j] = float(cell)
+            except ValueError:
+                raise DataError(f"{path} line {line}, column {column!r}: {cell!r} is not a number; "
+                                "fill in or remove that row") from None
+            if not np.isfinite(values[k, j]):
+                raise DataError(f"{path} line {line}, column {column!r}: {cell!r} is not a finite number; "
+                                "fill in or remove that row")
     return values
+
+
+def load_text_column(path, column="text", *, delimiter: str | None = None, encoding: str = "utf-8",
+                     option: str | None = "--text-column") -> tuple[list[int], list[str]]:
+    """The texts of one column of a CSV/TSV file with a header row, and the line each is on:
+    ``(lines, texts)``, for labelling new texts; ``option`` as :func:`_column_index` takes it."""
+    rows = _read_table(path, delimiter, encoding)
+    index = _column_index(rows[0][1], column, path, option)
+    if len(rows) == 1:
+        raise DataError(f"{path} has a header but no data rows; pass a file with texts in it")
+    return [line for line, _ in rows[1:]], [_field(row, index, line, column, path) for line, row in rows[1:]]
 
 
 def load_text_labels(path, text_column="text", label_column="label", *, delimiter: str | None = None,
@@ -98,8 +124,8 @@ def load_text_labels(path, text_column="text", label_column="label", *, delimite
     """
     rows = _read_table(path, delimiter, encoding)
     header, rows = rows[0][1], rows[1:]
-    t_idx = _column_index(header, text_column, path)
-    l_idx = _column_index(header, label_column, path)
+    t_idx = _column_index(header, text_column, path, "--text-column")
+    l_idx = _column_index(header, label_column, path, "--label-column")
     if not rows:
         raise DataError(f"{path} has a header but no data rows; pass a file with labelled texts in it")
     texts, names = [], []
