@@ -8,7 +8,7 @@ import numpy as np
 
 from rnnfast.backend import get_array_module, to_numpy
 from rnnfast.layers import Dropout, Embedding, Linear
-from rnnfast.losses import cross_entropy, mse
+from rnnfast.losses import cross_entropy, mse, softmax
 from rnnfast.metrics import accuracy, mae, precision_recall_f1, rmse
 from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, regularisers, resolve_seed
 
@@ -255,6 +255,10 @@ class SeqClassifier(_SequenceModel):
     def predict(self, x, lengths=None, batch_size: int = 256):
         """Class ids (B,) on the model's device (``forward`` gives the logits)."""
         return self._predict_raw(x, lengths, batch_size).argmax(axis=-1)
+
+    def predict_proba(self, x, lengths=None, batch_size: int = 256):
+        """Class probabilities (B, num_classes) on the model's device, the softmax of the logits."""
+        return softmax(self._predict_raw(x, lengths, batch_size))
 
     def evaluate(self, data, batch_size: int = 256) -> dict:
         """data: ``(x, labels)`` or ``(x, lengths, labels)``. Returns ``{"loss", "accuracy",
