@@ -78,7 +78,8 @@ def build_model(opts: dict, td: TaskData):
     return tasks.build_model(opts["task"], td, hidden_size=opts["hidden"], num_layers=opts["layers"], cell=opts["cell"],
                              dropout=opts["dropout"], dtype=opts["dtype"], seed=opts["seed"],
                              bidirectional=opts["bidirectional"], horizon=opts["horizon"],
-                             weight_drop=opts["weight_drop"])
+                             weight_drop=opts["weight_drop"], recurrent_dropout=opts["recurrent_dropout"],
+                             zoneout=opts["zoneout"])
 
 
 def task_of(meta: dict, path) -> tuple[str, dict]:

@@ -26,6 +26,23 @@ from rnnfast.warmup import backward_compiled, compile_backward_in_background
 
 OPTIMIZERS = {"adam": Adam, "adamw": AdamW, "sgd": SGD, "rmsprop": RMSprop, "adagrad": Adagrad}
 
+class ZoneoutParam(click.ParamType):
+    """--zoneout: a fraction in [0, 1), or two (P_H,P_C) for the LSTM's h and c, as a list."""
+
+    name = "zoneout"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float, list)):
+            return value
+        try:
+            parts = [float(v) for v in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a number or a pair P_H,P_C (e.g. 0.1 or 0.1,0.05)", param, ctx)
+        if len(parts) > 2 or not all(0.0 <= p < 1.0 for p in parts):
+            self.fail(f"{value!r}: give one fraction in [0, 1), or two (P_H,P_C) for an LSTM", param, ctx)
+        return parts[0] if len(parts) == 1 else parts
+
+
 # The options that define a run. A resumed run takes them from its checkpoint, so it continues
 # exactly; the others (how long, where, on which device) belong to each invocation.
 RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirectional", "seq_len", "batch_size",
@@ -35,7 +52,7 @@ RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirecti
 # Checkpoints from before these options ran the constant rate, which their defaults give.
 LR_SCHEDULE_OPTIONS = ("lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr")
 # Options newer than some checkpoints: a checkpoint without one ran what its default gives.
-NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "features")
+NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "recurrent_dropout", "zoneout", "features")
 RUN_OPTIONS += NEWER_OPTIONS
 LIMITS = ("steps", "epochs", "time_budget")
 
@@ -244,6 +261,12 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
 @click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="DropConnect on the recurrent weights W_hh (AWD-LSTM), in [0, 1): one mask per layer "
                    "and batch, scaled by 1/(1-p), in training only.")
+@click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Variational dropout on the state where it enters W_hh (Gal & Ghahramani; Keras's "
+                   "recurrent_dropout), in [0, 1): one mask per sequence and layer for all steps, in training only.")
+@click.option("--zoneout", type=ZoneoutParam(), default=0.0, show_default=True, metavar="P|P_H,P_C",
+              help="Zoneout (Krueger et al.): each unit keeps its previous state with probability P at each step; "
+                   "eval uses the expectation. For --cell lstm, P_H,P_C zones h and c apart.")
 @click.option("--bidirectional", is_flag=True,
               help="Read each sequence both ways (forecast and classify; a character model must read forwards).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,
@@ -358,6 +381,9 @@ def train(ctx, **opts):
         opts["dropout"] = DEFAULT_DROPOUT[opts["task"]]
     if opts["bidirectional"] and opts["task"] == "charlm":
         raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
+    if isinstance(opts["zoneout"], list) and opts["cell"] != "lstm":
+        raise click.UsageError(f"--zoneout P_H,P_C is for --cell lstm (h and c); a {opts['cell']} has only h: "
+                               "give one fraction")
     limits = _limits(ctx, opts, saved_limits)
     # cosine decays over the run's first --steps, which a resumed run keeps even when given more steps
     lr_total_steps = limits["steps"] if meta is None else meta["cli"].get("schedule", {}).get("lr_total_steps")

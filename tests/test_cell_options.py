@@ -3,6 +3,8 @@ GRU: gradients against central differences with the masks fixed, the layer again
 cells run on the masks it drew, the masks' statistics, p=0 and eval mode, the CPU against the GPU
 (real GPU only: the simulator's share is the kernel check of test_cuda_sim.py), and the errors.
 The kernels with these options are held to the reference in test_reference.py."""
+import json
+
 import numpy as np
 import pytest
 
@@ -245,3 +247,71 @@ def test_cpu_and_gpu_draw_the_same_masks_and_agree(cell):
     np.testing.assert_allclose(cp.asnumpy(dx_gpu), dx, rtol=1e-10, atol=1e-12)
     for name, g in layer.grads.items():
         np.testing.assert_allclose(cp.asnumpy(g), grads[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+# -- rnnfast train --recurrent-dropout, --zoneout ---------------------------------------------
+@pytest.fixture(scope="module")
+def corpus(shakespeare_path, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "shakespeare.txt"
+    path.write_text(shakespeare_path.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+def test_train_records_the_options_so_generate_eval_and_resume_rebuild_them(corpus, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint
+    from rnnfast.models import from_config
+    from test_cli import TINY, run
+
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out, "--recurrent-dropout", 0.25,
+        "--zoneout", "0.1,0.05")
+    _, meta = load_checkpoint(out / "latest.safetensors")
+    assert meta["cli"]["options"]["recurrent_dropout"] == 0.25 and meta["cli"]["options"]["zoneout"] == [0.1, 0.05]
+    model = from_config(meta["model"])
+    assert model.rnn.recurrent_dropout == 0.25 and model.rnn.zoneout == (0.1, 0.05)
+    assert json.loads((out / "config.json").read_text())["zoneout"] == [0.1, 0.05]
+    assert "nats/char" in run("eval", out / "best.safetensors").stdout
+    assert run("generate", out / "best.safetensors", "--length", 20).stdout
+    for flag, value in (("--zoneout", 0.3), ("--recurrent-dropout", 0.5)):
+        result = run("train", "--resume", out / "latest.safetensors", "--steps", 3, flag, value, ok=False)
+        assert f"{flag} {value} differs" in result.stderr
+    run("train", "--resume", out / "latest.safetensors", "--steps", 3)
+
+
+def test_eval_of_a_zoneout_model_scores_with_the_expectation(corpus, tmp_path):
+    """The eval score is the model's in eval mode: zoneout's expectation, not a draw, so it repeats."""
+    from test_cli import TINY, run
+
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out, "--zoneout", 0.5)
+    scores = [run("eval", out / "best.safetensors").stdout for _ in range(2)]
+    assert scores[0] == scores[1]
+
+
+def test_a_checkpoint_from_before_the_options_still_resumes(corpus, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint, save_checkpoint
+    from test_cli import TINY, run
+
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out)
+    tensors, meta = load_checkpoint(out / "latest.safetensors")
+    for name in ("recurrent_dropout", "zoneout"):  # as written before the options
+        del meta["model"][name], meta["cli"]["options"][name]
+    save_checkpoint(out / "latest.safetensors", tensors, meta)
+    result = run("train", "--resume", out / "latest.safetensors", "--steps", 3)
+    assert "step 3" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--recurrent-dropout", 1], "--recurrent-dropout"),
+    (["--zoneout", -0.1], "give one fraction in [0, 1)"),
+    (["--zoneout", "0.1,0.2,0.3"], "or two (P_H,P_C)"),
+    (["--zoneout", "a"], "is not a number or a pair"),
+    (["--zoneout", "0.1,0.2", "--cell", "gru"], "--zoneout P_H,P_C is for --cell lstm"),
+])
+def test_bad_options_are_one_line_cli_errors_that_create_nothing(corpus, tmp_path, args, message):
+    from test_cli import TINY, run
+
+    result = run("train", corpus, *TINY, *args, "--steps", 2, "--out", tmp_path / "run", ok=False)
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
