@@ -202,6 +202,10 @@ def _check_exportable(model, lengths: bool) -> None:
         raise ExportError(f"ONNX export takes a CharRNN, SeqRegressor or SeqClassifier, got {type(model).__name__}")
     if lengths and isinstance(model, CharRNN):
         raise ExportError("a CharRNN reads every step of its text; export it without lengths")
+    if any(model.rnn.zoneout):  # weight drop and recurrent dropout act in training only: nothing to export
+        raise ExportError(f"the model was trained with zoneout={model.rnn.zoneout}, whose eval-mode mixing of old and "
+                          "new states ONNX's recurrent operators cannot express; export a model trained without "
+                          "--zoneout")
     if model.num_params() * 4 >= PROTOBUF_LIMIT:
         raise ExportError(f"the model's {model.num_params():,} float32 weights do not fit in one ONNX file (at most "
                           "2 GiB); export a smaller model")

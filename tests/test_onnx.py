@@ -157,6 +157,14 @@ def test_a_float64_model_exports_as_float32(ort, tmp_path):
     assert max(errors.values()) <= TOLERANCE, errors
 
 
+def test_training_only_regularisers_export_as_the_plain_model(ort, tmp_path):
+    """Weight drop and recurrent dropout act in training only, so the eval-mode model is plain."""
+    model = rf.models.CharRNN(VOCAB, hidden_size=HIDDEN, num_layers=2, cell="lstm", embedding_dim=6, seed=0,
+                              weight_drop=0.3, recurrent_dropout=0.4).eval()
+    errors = parity_errors(ort, "charlm", model, tmp_path / "model.onnx")
+    assert max(errors.values()) <= TOLERANCE, errors
+
+
 def test_graph_shape_and_operators(ort, tmp_path):
     import onnx
 
@@ -188,6 +196,9 @@ def test_library_errors(ort, tmp_path):
         rf.export.to_onnx(rf.LSTM(3, 4), tmp_path / "m.onnx")
     with pytest.raises(ExportError, match="without lengths"):
         rf.export.to_onnx(build("charlm", "lstm", 1, False), tmp_path / "m.onnx", lengths=True)
+    zoned = rf.models.SeqRegressor(FEATURES, hidden_size=HIDDEN, cell="gru", zoneout=0.1, seed=0).eval()
+    with pytest.raises(ExportError, match="zoneout=.*cannot express; export a model trained without --zoneout"):
+        rf.export.to_onnx(zoned, tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
 
 
