@@ -286,6 +286,9 @@ def _run_scenario(s: Scenario, repeats: int) -> dict:
     if s.kind == "cold-start":
         from rnnfast.bench.cold_start import bench_cold_start
         return bench_cold_start(s)
+    if s.kind == "option-cost":
+        from rnnfast.bench.option_cost import bench_option_cost
+        return bench_option_cost(s, repeats)
     raise ValueError(f"unknown scenario kind {s.kind!r}")
 
 
@@ -379,6 +382,10 @@ def _cold_start_cells(r):
     return [f"{r[k]:.2f}" for k in seconds] + [r["method"]]
 
 
+def _option_cost_cells(r):
+    return [_fmt(r.get("plain_ms"), ".2f"), _fmt(r.get("ms"), ".2f"), _fmt(r.get("cost"), ".3f"), _load(r)]
+
+
 def _other_cells(r):
     if r["kind"] == "generate":
         return [f"{r['us_per_char']:.1f} µs/char", f"{_fmt(r.get('torch_us_per_char'), '.1f')} µs/char",
@@ -398,6 +405,8 @@ TABLES = (
     (("sweep",), _STEP_COLUMNS + ["peak MiB", "torch peak MiB", "memory ratio"] + _CHECK_COLUMNS, _step_cells, 0),
     (("time-to-loss",), ["scenario", "best val loss", "torch best val loss", "torch - rnnfast", "steps",
                          "torch steps", "steps ratio", "corpus"], _time_to_loss_cells, 1),
+    (("option-cost",), ["scenario", "plain ms/step", "with option ms/step", "cost (with / plain)", "load"],
+     _option_cost_cells, 0),
     (("cold-start",), ["scenario", "cold train s", "cold generate s", "warm train s", "warm generate s", "method"],
      _cold_start_cells, 1),
     (("generate", "memory"), ["scenario", "rnnfast", "PyTorch", "ratio", "note"], _other_cells, 1),

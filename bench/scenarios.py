@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
-KINDS = ("fwd", "fwd+bwd", "generate", "memory", "train-step", "sweep", "time-to-loss", "cold-start")
+KINDS = ("fwd", "fwd+bwd", "generate", "memory", "train-step", "sweep", "time-to-loss", "cold-start", "option-cost")
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class Scenario:
     seconds: float = 0.0    # time-to-loss: training budget per library
     eval_every: int = 0     # time-to-loss: steps between validations
     data: str = ""          # time-to-loss: the corpus ("" for the one beside the checkout)
+    option: str = ""        # option-cost: the layer's regulariser, "name=p" ("+" between several)
 
     @property
     def name(self) -> str:
@@ -56,6 +57,8 @@ class Scenario:
             return f"{self.kind} {model} B={self.B} T={self.T} {self.seconds:g} s"
         if self.kind == "cold-start":
             return f"{self.kind} {model} N={self.chars}"
+        if self.kind == "option-cost":
+            return f"{self.kind} {model} B={self.B} T={self.T} {self.option}"
         extra = "".join([f" L={self.layers}" if self.layers > 1 else "",
                          " bidir" if self.directions == 2 else "",
                          f" {self.dtype}" if self.dtype != "float32" else ""])
@@ -78,6 +81,17 @@ TRAIN_CELLS = ("lstm", "gru", "rnn_tanh")
 TIME_TO_LOSS = Scenario("lstm", "time-to-loss", T=64, B=32, I=256, H=256, layers=2, seconds=150.0, eval_every=100)
 # rnnfast train's default model, then 200 characters from its checkpoint.
 COLD_START = Scenario("lstm", "cold-start", I=128, H=128, layers=2, chars=200)
+
+
+# What each regulariser costs in the training step of the CLI's default model (2x128, B=32, T=64),
+# for each cell: recurrent dropout, weight drop and zoneout at typical rates.
+OPTIONS = ("recurrent_dropout=0.25", "weight_drop=0.3", "zoneout=0.1")
+
+
+def option_costs(cells=TRAIN_CELLS) -> list[Scenario]:
+    """One option-cost scenario per cell of ``cells`` and option of OPTIONS."""
+    return [Scenario(cell, "option-cost", T=64, B=32, I=128, H=128, layers=2, vocab=65, option=option)
+            for cell in cells for option in OPTIONS]
 
 
 def _training(cells, shapes, dtype="float32"):
@@ -119,6 +133,7 @@ FULL = (_training(CELLS, TARGET_SHAPES)
         + [Scenario(cell, "memory", 100, 64, 512, 512) for cell in ("lstm", "gru", "rnn_tanh")]
         + [Scenario("lstm", "memory", 100, 32, 128, 256, layers=2)]
         + train_steps(TRAIN_CELLS)
+        + option_costs()
         + [COLD_START, TIME_TO_LOSS])
 
 

@@ -190,3 +190,24 @@ def test_bench_help_names_the_new_options():
     out = CliRunner().invoke(main, ["bench", "--help"]).output
     assert "--sweep" in out and "--plot" in out and "--data" in out
 
+
+
+# -- option-cost ----------------------------------------------------------------------------------
+
+def test_option_cost_rows_time_the_option_against_the_plain_step_and_print(monkeypatch):
+    from rnnfast.bench.option_cost import _trainer, parse_option
+
+    chosen = [tiny_step(cell, "option-cost", option=option) for cell in ("lstm", "gru")
+              for option in scenarios.OPTIONS]
+    rows = bench_rows(monkeypatch, chosen)[1:]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["ms"] > 0 and row["plain_ms"] > 0 and row["cost"] > 0
+    table = harness.format_table(rows)
+    assert "cost (with / plain)" in table and "option-cost lstm 2x8 B=3 T=6 zoneout=0.1" in table
+    # the option is on in the timed model and only there
+    s = chosen[0]
+    assert parse_option("zoneout=0.1+weight_drop=0.2") == {"zoneout": 0.1, "weight_drop": 0.2}
+    assert _trainer(s, random_stream(s), **parse_option(s.option)).model.rnn.recurrent_dropout == 0.25
+    assert _trainer(s, random_stream(s)).model.rnn.recurrent_dropout == 0.0
+    assert len([x for x in scenarios.FULL if x.kind == "option-cost"]) == 9
