@@ -18,6 +18,10 @@ class ExportError(RnnfastError, ValueError):
     """A model that cannot be exported, a destination that cannot be written, or a missing exporter."""
 
 
+class OutputError(RnnfastError, OSError):
+    """A file a command was asked to write (``predict --out``, ``--plot``) that cannot be written there."""
+
+
 class NonFiniteLossError(RnnfastError, FloatingPointError):
     """Training produced a NaN or Inf loss; the last good checkpoint is kept."""
 

@@ -139,8 +139,12 @@ def scale_forecast_inputs(meta: dict, values: np.ndarray, checkpoint="the checkp
     target = Scaler.from_dict(checkpoint_part(meta, "scaler", checkpoint)).transform(values[:, 0])
     if values.shape[1] == 1:
         return target
-    features = Scaler.from_dict(checkpoint_part(meta, "features", checkpoint)["scaler"])
-    return np.column_stack([target, features.transform(values[:, 1:])])
+    return np.column_stack([target, scale_features(meta, values[:, 1:], checkpoint)])
+
+
+def scale_features(meta: dict, values: np.ndarray, checkpoint="the checkpoint") -> np.ndarray:
+    """values: (N, K) of the :func:`feature_columns`, in the CSV's units -> (N, K) scaled as in training."""
+    return Scaler.from_dict(checkpoint_part(meta, "features", checkpoint)["scaler"]).transform(values)
 
 
 def forecast_eval_windows(meta: dict, path, column: str | int, *, window: int, horizon: int = 1,
