@@ -1,4 +1,4 @@
-"""The ``rnnfast`` command line (Click): train, generate, eval, export and bench."""
+"""The ``rnnfast`` command line (Click): train, generate, eval, predict, export and bench."""
 import click
 
 from rnnfast import __version__
@@ -7,6 +7,7 @@ from rnnfast.cli.common import Command
 from rnnfast.cli.eval import eval_command
 from rnnfast.cli.export import export
 from rnnfast.cli.generate import generate
+from rnnfast.cli.predict import predict
 from rnnfast.cli.train import train
 
 
@@ -24,9 +25,10 @@ def main():
       rnnfast train
       rnnfast generate runs/<run>/best.safetensors --prime "WREN:"
       rnnfast eval runs/<run>/best.safetensors
+      rnnfast predict runs/<run>/best.safetensors my_text.txt
       rnnfast bench
     """
 
 
-for command in (train, generate, eval_command, export, bench):
+for command in (train, generate, eval_command, predict, export, bench):
     main.add_command(command)

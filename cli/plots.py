@@ -1,6 +1,7 @@
 """PNG plots of a run, drawn when matplotlib is installed (the ``plot`` extra) and skipped otherwise."""
 from __future__ import annotations
 
+import io
 import json
 import threading
 from pathlib import Path
@@ -72,3 +73,24 @@ def plot_forecast(pred: np.ndarray, truth: np.ndarray, png_path: Path, title: st
     ax.grid(alpha=0.3)
     fig.savefig(png_path)
     return True
+
+
+def plot_future(history: np.ndarray, future: np.ndarray, title: str, ylabel: str, first: int = 0) -> bytes | None:
+    """PNG bytes of a series and its forecast past the end, the future shaded (original units); None
+    without matplotlib. history: (N,) values of the series from its row ``first`` to its end;
+    future: (S,) the forecast of the rows after it."""
+    fig = _figure()
+    if fig is None:
+        return None
+    end = first + len(history)  # the first future row
+    ax = fig.add_subplot()
+    ax.plot(np.arange(first, end), history, lw=1, label="history")
+    # drawn from the last known value, so that the forecast continues the line
+    ax.plot(np.arange(end - 1, end + len(future)), np.concatenate([history[-1:], future]), lw=1.5, label="forecast")
+    ax.axvspan(end - 1, end - 1 + len(future), color="gray", alpha=0.15, lw=0, label="future")
+    ax.set(xlabel="row of the series", ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()

@@ -67,6 +67,11 @@ def forecast_eval_windows(meta: dict, opts: dict, path):
                                        horizon=opts["horizon"], encoding=opts["encoding"])
 
 
+def forecast_columns(meta: dict, opts: dict) -> list:
+    """The CSV columns a forecaster's checkpoint reads: its --column, then its --features."""
+    return [_column(opts["column"]), *tasks.feature_columns(meta)]
+
+
 def classify_eval_data(meta: dict, opts: dict, path) -> tuple:
     """(ids, lengths, labels) of a new labelled file, read with the checkpoint's vocabulary and labels."""
     return tasks.classify_eval_data(meta, path, seq_len=opts["seq_len"], text_column=opts["text_column"],
