@@ -10,8 +10,9 @@ from rnnfast.cli.common import Command
 from rnnfast.export import onnx_model, save_onnx
 
 # What a program running the file needs besides the graph, from the checkpoint's metadata: the
-# characters that ids index, a classifier's label names, a forecaster's scaler.
-CARRIED_META = ("vocab", "labels", "scaler")
+# characters that ids index, a classifier's label names, a forecaster's scaler and, when it reads
+# more columns than its target, those columns and their scaler.
+CARRIED_META = ("vocab", "labels", "scaler", "features")
 
 
 def _describe(values) -> str:
@@ -29,7 +30,8 @@ def export(checkpoint, out):
 
     \b
     The file's metadata_props carry what a program needs to use it: the task, the
-    vocabulary (charlm, classify), the label names (classify), the scaler (forecast).
+    vocabulary (charlm, classify), the label names (classify), the scaler (forecast)
+    and the feature columns with their scaler (forecast --features).
     Run it with onnxruntime and NumPy alone; see 'Exporting to ONNX' in the README.
     """
     model, meta = load_model(checkpoint)

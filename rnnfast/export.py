@@ -6,7 +6,8 @@ The graph is time-major, T and B are dynamic, ``L`` layers, ``D`` directions, ``
 - :class:`~rnnfast.models.CharRNN`: ``ids`` (T, B) int64, ``h0`` (L*D, B, H) (and ``c0`` for an LSTM)
   -> ``logits`` (T, B, V), ``hn`` (and ``cn``), the state to feed back for the next piece of text.
 - :class:`~rnnfast.models.SeqRegressor`: ``x`` (T, B, F), ``h0`` (, ``c0``) -> ``prediction`` (B, out),
-  or (T, B, out) many-to-many, in the model's (standardised) units; ``hn`` (, ``cn``).
+  or (T, B, out) many-to-many, in the model's (standardised) units; ``hn`` (, ``cn``). A forecaster
+  of ``rnnfast train --features`` has F = 1 + its features: the target first, then each feature.
 - :class:`~rnnfast.models.SeqClassifier`: ``ids`` (T, B) int64 or ``x`` (T, B, F), ``h0`` (, ``c0``),
   ``lengths`` -> ``logits`` (B, C), ``label`` (B,) int64 (what ``predict`` gives), ``hn`` (, ``cn``).
 

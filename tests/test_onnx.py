@@ -320,6 +320,27 @@ def test_export_a_trained_forecaster(ort, tmp_path):
     assert prediction.shape == (2, 2) and rel_err(prediction, model(x)) <= TOLERANCE
 
 
+def test_export_a_trained_multivariate_forecaster(ort, tmp_path):
+    """train --features: x is (T, B, 1 + features), the target first, with the features' scaler in the metadata."""
+    t = np.arange(300)
+    csv = tmp_path / "two.csv"
+    csv.write_text("t,value,lead\n" + "".join(f"{a},{np.sin(a / 4):.5f},{np.sin((a + 2) / 4):.5f}\n" for a in t))
+    run_dir = tmp_path / "run"
+    run("train", csv, "--task", "forecast", "--column", "value", "--features", "lead", "--window", 12, *TINY,
+        "--steps", 3, "--out", run_dir)
+    out = tmp_path / "two.onnx"
+    result = run("export", run_dir / "latest.safetensors", out)
+    assert "inputs:  x (T, B, 2)" in result.stdout
+    sess = session(ort, out)
+    features = json.loads(sess.get_modelmeta().custom_metadata_map["features"])
+    assert features["columns"] == ["lead"] and features["scaler"]["kind"] == "standard"
+    x = np.random.default_rng(0).standard_normal((3, 12, 2)).astype(np.float32)  # (B, T, 2)
+    h0 = np.zeros((1, 3, 16), np.float32)
+    prediction, _, _ = sess.run(None, {"x": x.transpose(1, 0, 2).copy(), "h0": h0, "c0": h0})
+    model, _ = load_model(run_dir / "latest.safetensors")
+    assert prediction.shape == (3, 1) and rel_err(prediction, model(x)) <= TOLERANCE
+
+
 @pytest.fixture
 def no_file_left(tmp_path):
     """A destination directory; after the test it must hold only what was there before."""
