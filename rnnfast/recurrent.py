@@ -41,7 +41,7 @@ import numpy as np
 from rnnfast.backend import get_backend, to_numpy
 from rnnfast.kernels.cells import CELLS, cell_named
 from rnnfast.module import Module
-from rnnfast.random import dropout_mask, uniform
+from rnnfast.random import below, dropout_mask
 
 _DTYPES = (np.float32, np.float64)
 
@@ -233,9 +233,8 @@ class _Recurrent(Module):
                 if p == 0:
                     zone.append(None)
                 elif self.training:
-                    keep = uniform((T, B, H), self.dropout_seed, self.dropout_stream, xp, np.float32) < p
+                    zone.append(below((T, B, H), p, self.dropout_seed, self.dropout_stream, xp, self.dtype))
                     self.dropout_stream += 1
-                    zone.append(keep.astype(self.dtype))
                 else:
                     zone.append(xp.full((T, B, H), p, self.dtype))
             options["zone"] = tuple(zone)

@@ -38,10 +38,14 @@ def compile_backward(cell: str, dtype, optimizer: str, ids_dtype) -> None:
     """Compile into Numba's cache what a character model's training step runs after its forward
     pass: the cell's backward loop (called with no steps, so it needs no GEMM), the embedding's
     backward, the cross-entropy, the gradient norm and ``optimizer``'s update, each through one tiny
-    call typed as a run's (ids of ``ids_dtype``, as the batcher yields them)."""
+    call typed as a run's (ids of ``ids_dtype``, as the batcher yields them); and the compiled draws
+    of the dropout masks, which the run takes up once they are in the cache (rnnfast.random)."""
     from rnnfast import layers, losses, optim
+    from rnnfast.kernels.cpu.random import below_into, uniform_into
 
     dtype = np.dtype(dtype)
+    uniform_into(np.zeros(1, np.float32), np.uint64(0))  # the dropout masks' draws (rnnfast.random)
+    below_into(np.zeros(1, dtype), np.uint64(0), np.float32(0.5))  # zoneout's
     rows, args = _cell(cell).backward_probe(dtype)
     rows(*args)
     ids = np.zeros((1, 1), np.dtype(ids_dtype))

@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rnnfast import random
 from rnnfast.random import dropout_mask, uniform
 
 
@@ -40,3 +41,35 @@ def test_same_numbers_on_cupy():
 
     np.testing.assert_array_equal(cp.asnumpy(uniform((5, 7), 11, 4, xp=cp)), uniform((5, 7), 11, 4))
     np.testing.assert_array_equal(cp.asnumpy(dropout_mask((5, 7), 0.3, 11, 4, xp=cp)), dropout_mask((5, 7), 0.3, 11, 4))
+
+
+# -- the compiled pass (kernels/cpu/random.py) --------------------------------------------------
+def formula_uniform(shape, seed, stream):
+    n = int(np.prod(shape))
+    return (random._bits(n, seed, stream, np).astype(np.float32) * np.float32(1 / (1 << 24))).reshape(shape)
+
+
+@pytest.mark.parametrize("shape", [(3,), (4095,), (4096,), (64, 32, 128), (7, 3, 300)])
+@pytest.mark.parametrize("seed,stream", [(0, 0), (2**63 + 5, 17), (123, 2**40)])
+def test_the_compiled_draws_equal_the_formula_bit_for_bit(shape, seed, stream):
+    from rnnfast.kernels.cpu.random import below_into, uniform_into
+
+    uniform_into(np.zeros(1, np.float32), np.uint64(0))  # compiled, so the big shapes take it
+    below_into(np.zeros(1, np.float64), np.uint64(0), np.float32(0.5))
+    below_into(np.zeros(1, np.float32), np.uint64(0), np.float32(0.5))
+    expected = formula_uniform(shape, seed, stream)
+    assert np.array_equal(uniform(shape, seed, stream), expected)
+    for p in (0.1, 0.25, 1 / 3, 0.9):
+        for dtype in (np.float32, np.float64):
+            drawn = random.below(shape, p, seed, stream, dtype=dtype)
+            assert drawn.dtype == dtype and np.array_equal(drawn, (expected < np.float32(p)).astype(dtype))
+    if int(np.prod(shape)) >= random.COMPILED_FROM:
+        assert {"uniform_into", "below_into"} <= random._READY
+
+
+def test_until_the_pass_is_compiled_the_formula_draws_the_same_numbers(monkeypatch):
+    monkeypatch.setattr(random, "_READY", set())
+    monkeypatch.setattr("rnnfast.kernels.cpu.common.is_compiled", lambda kernel, args: False)
+    assert np.array_equal(uniform((8, 1000), 3, 4), formula_uniform((8, 1000), 3, 4))
+    assert np.array_equal(random.below((8, 1000), 0.3, 3, 4), (formula_uniform((8, 1000), 3, 4) < 0.3) * 1.0)
+    assert random._READY == set()
