@@ -67,7 +67,12 @@ DEFAULT_DROPOUT = {"charlm": 0.3, "forecast": 0.0, "classify": 0.0}
 # directory it created removes them again, so no directory holds a run that never was.
 RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "forecast.png", "tensorboard")
 STOP_REASONS = {"steps": "--steps reached", "epochs": "--epochs reached", "time_budget": "--time-budget used up",
-                "early_stopping": "no better validation loss for --patience validations", "interrupted": "Ctrl-C"}
+                "early_stopping": "no better validation loss in the last {patience} validations: --patience "
+                                  "{patience}, 0 turns it off", "interrupted": "Ctrl-C"}
+# A run stops once its validation loss has not improved for this many validations in a row (1000
+# steps at the default --eval-every): the default character model's best comes long before its
+# time is up, and what follows only overfits (measured in the README's "The default run").
+DEFAULT_PATIENCE = 10
 
 
 class EvalReport(Callback):
@@ -303,8 +308,9 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
               show_default=True, help="Fraction of the data held out for validation (the end of a text or series).")
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="Validate and write checkpoints every this many steps (and at the end).")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
-              help="Stop early after this many validations without a better validation loss.")
+@click.option("--patience", type=click.IntRange(min=0), default=None,
+              help="Stop after this many validations in a row without a better validation loss; 0 never stops "
+                   f"early.  [default: {DEFAULT_PATIENCE}]")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the weights, dropout and data order: the same seed gives the same run.")
 @device_option("auto")
@@ -370,6 +376,9 @@ def train(ctx, **opts):
         patience = patience if _explicit(ctx, "patience") else schedule.get("patience", patience)
         # as does its TensorBoard logging (a checkpoint from before --tensorboard: off)
         tensorboard = tensorboard if _explicit(ctx, "tensorboard") else meta["cli"].get("tensorboard", False)
+    elif patience is None:
+        patience = DEFAULT_PATIENCE
+    patience = patience or None  # 0: never stop early (a run from before the default recorded None)
     if tensorboard:
         try:
             import_tensorboardx()
@@ -460,7 +469,7 @@ def train(ctx, **opts):
         files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
         if tensorboard:
             files.append(out / "tensorboard")
-        click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']]}); "
+        click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']].format(patience=patience)}); "
                    f"wrote {', '.join(map(str, files))}")
         if result["stopped"] == "interrupted":
             click.echo(f"continue with: rnnfast train --resume {out / 'latest.safetensors'}", err=True)
