@@ -12,6 +12,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -193,6 +194,28 @@ def test_past_the_horizon_a_multivariate_forecast_needs_the_future_features(mult
     short = write_csv(tmp_path / "short.csv", ("month", "flux"), [(600, 70.0), (601, 71.0)])
     result = predict(multivariate, "--steps", 8, "--future", short, ok=False)
     assert "the future values given hold 2; give 6 rows, or forecast at most 3 steps" in result.stderr
+
+
+def test_a_multivariate_run_resumes_with_its_features(multivariate, tmp_path):
+    copy = shutil.copytree(multivariate.parent, tmp_path / "run")  # the module's checkpoint stays as it is
+    result = run("train", "--resume", copy / "latest.safetensors", "--features", "month", "--steps", 13,
+                 "--no-progress", *CPU, ok=False)
+    assert "--features month differs from the resumed run's flux" in result.stderr
+    result = run("train", "--resume", copy / "latest.safetensors", "--steps", 13, "--no-progress", *CPU)
+    assert "stopped at step 13" in result.stdout and "with features 'flux'" in result.stderr
+
+
+def test_a_forecaster_from_before_features_resumes_evaluates_and_predicts(forecaster, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint, save_checkpoint
+
+    copy = shutil.copytree(forecaster.parent, tmp_path / "run")
+    tensors, meta = load_checkpoint(copy / "latest.safetensors")
+    del meta["cli"]["options"]["features"]  # as written before the option
+    save_checkpoint(copy / "latest.safetensors", tensors, meta)
+    assert len(read_rows(predict(copy / "latest.safetensors", "--steps", 4).stdout)[1]) == 4
+    assert json.loads(run("eval", copy / "latest.safetensors", "--json", *CPU).stdout)["metrics"]["rmse"] > 0
+    result = run("train", "--resume", copy / "latest.safetensors", "--steps", 13, "--no-progress", *CPU)
+    assert "stopped at step 13" in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [
