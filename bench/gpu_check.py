@@ -34,6 +34,15 @@ def _parity_table():
                                      worst=name, ok=ok))
                     print(f"parity {cell:9s} {dtype.__name__:7s} lengths={lengths!s:5s} {shape!s:18s} "
                           f"max rel err {err:.2e} ({name}) {'ok' if ok else 'FAIL'}", flush=True)
+        # the cell options (recurrent dropout, zoneout in training and eval form) at shapes that walk the tiling
+        for options in (("recurrent_dropout", "zoneout"), ("zoneout_eval",)):
+            for shape in KERNEL_SHAPES[3:]:
+                err, name = worst(kernel_errors(gpu, make_case(cell, shape, np.float64, True, options=options)))
+                ok = err <= TOLERANCE[np.dtype(np.float64)]
+                rows.append(dict(cell=cell, dtype="float64", lengths=True, shape=shape, options="+".join(options),
+                                 err=err, worst=name, ok=ok))
+                print(f"parity {cell:9s} float64 {'+'.join(options):26s} {shape!s:18s} max rel err {err:.2e} ({name}) "
+                      f"{'ok' if ok else 'FAIL'}", flush=True)
     return rows
 
 
