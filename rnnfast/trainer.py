@@ -142,6 +142,9 @@ class Trainer:
         self.evals_since_best = 0
         self.last_eval_step = None
         self.target_steps = None  # the step the current run() ends at, when known (for progress bars)
+        # a callback sets it (rnnfast tune's pruning: "pruned") to end run() after the current step, with
+        # that step's checkpoint written; run() returns it as "stopped"
+        self.stop_reason = None
         self._resumed_at_best = False  # resumed from a checkpoint that was its run's best (see _complete_the_best)
         if resume is not None:
             self.resume(resume)
@@ -150,7 +153,8 @@ class Trainer:
     def run(self, steps: int | None = None, epochs: int | None = None, time_budget: float | None = None) -> dict:
         """Train until ``steps`` updates or ``epochs`` epochs in all (counted from the very start, so a
         resumed run stops where the original would have), or ``time_budget`` seconds of this call,
-        whichever comes first; or until early stopping or Ctrl-C (which saves ``latest``).
+        whichever comes first; or until early stopping, a callback's ``stop_reason`` or Ctrl-C (which saves
+        ``latest``).
 
         Returns ``{"step", "epoch", "stopped", "losses" (this call's, one per step), "best_val",
         "best_step", "val" (the last evaluation's metrics), "elapsed", "checkpoint" (latest's path)}``.
@@ -161,6 +165,7 @@ class Trainer:
         if epochs is not None and not hasattr(self.train_data, "epoch"):
             raise ValueError("epochs= needs training data that counts epochs (a StreamBatcher or ArrayBatcher)")
         self.target_steps = self._target_steps(steps, epochs)
+        self.stop_reason = None
         with self._holding_out_dir():
             progress = _Progress(start=time.perf_counter(), start_step=self.step)
             self.model.train()
@@ -212,6 +217,8 @@ class Trainer:
                 progress.last_val = self._evaluate_and_save()
                 if self._patience_ran_out():
                     return "early_stopping"
+            if self.stop_reason is not None:
+                return self.stop_reason
             if sigint["requested"]:
                 return "interrupted"
 
