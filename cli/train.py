@@ -69,6 +69,9 @@ RUN_FILES = ("config.json", "metrics.jsonl", "loss.png", "forecast.png", "tensor
 STOP_REASONS = {"steps": "--steps reached", "epochs": "--epochs reached", "time_budget": "--time-budget used up",
                 "early_stopping": "no better validation loss in the last {patience} validations: --patience "
                                   "{patience}, 0 turns it off", "interrupted": "Ctrl-C"}
+# A program that runs this command in-process (rnnfast tune) adds callbacks to the run as a list in
+# ctx.meta[EXTRA_CALLBACKS]; one that ends the run by Trainer.stop_reason has that reason printed.
+EXTRA_CALLBACKS = "rnnfast.train.callbacks"
 # A run stops once its validation loss has not improved for this many validations in a row (1000
 # steps at the default --eval-every): the default character model's best comes long before its
 # time is up, and what follows only overfits (measured in the README's "The default run").
@@ -439,6 +442,7 @@ def train(ctx, **opts):
                      JSONLLogger(out / "metrics.jsonl")]
         if tensorboard:
             callbacks.append(TensorBoardLogger(out / "tensorboard"))
+        callbacks += ctx.meta.get(EXTRA_CALLBACKS, [])
         trainer = Trainer(
             model, optimizer, train_data, td.val, clip=opts["clip"] or None, schedule=lr_schedule,
             eval_every=eval_every, early_stopping_patience=patience, out_dir=out, callbacks=callbacks,
@@ -469,7 +473,8 @@ def train(ctx, **opts):
         files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
         if tensorboard:
             files.append(out / "tensorboard")
-        click.echo(f"stopped at step {result['step']} ({STOP_REASONS[result['stopped']].format(patience=patience)}); "
+        reason = STOP_REASONS.get(result["stopped"], result["stopped"]).format(patience=patience)
+        click.echo(f"stopped at step {result['step']} ({reason}); "
                    f"wrote {', '.join(map(str, files))}")
         if result["stopped"] == "interrupted":
             click.echo(f"continue with: rnnfast train --resume {out / 'latest.safetensors'}", err=True)
