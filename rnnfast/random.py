@@ -3,6 +3,11 @@
 Each value is a hash of ``(seed, stream, index)`` (SplitMix64's finaliser), computed with
 unsigned 64-bit integer arithmetic that NumPy and CuPy evaluate identically. So a dropout mask for
 a given seed and step is the same on the CPU and the GPU, and a run is reproducible across devices.
+
+Each draw can also be a part of a larger one (``rows=(axis, start, total)``): the values of rows
+``start..`` along ``axis`` of the draw whose ``axis`` is ``total`` long, equal bit for bit to slicing
+that draw but computed without it. A process of a data-parallel run draws so for its share of the
+global batch, and its masks are those one process would draw for the same rows.
 """
 from __future__ import annotations
 
@@ -47,40 +52,64 @@ def _key(seed: int, stream: int, xp):
         return _mix(xp.asarray(np.uint64(seed % 2**64)) * _GOLDEN + xp.uint64(stream % 2**64), xp)
 
 
-def _bits(n: int, seed: int, stream: int, xp):
-    """The top 24 bits of each index's hash, as uint64."""
-    with np.errstate(over="ignore"):
-        return _mix(xp.arange(n, dtype=xp.uint64) * _GOLDEN + _key(seed, stream, xp), xp) >> xp.uint64(40)
-
-
-def uniform(shape, seed: int, stream: int, xp=np, dtype=np.float32):
-    """Uniform numbers in [0, 1) of ``shape``, a pure function of (seed, stream, element index)."""
+def _layout(shape, rows) -> tuple[int, int, int, int]:
+    """(n, block, stride, offset): the draw's n values are blocks of ``block`` consecutive indexes,
+    ``stride`` apart, the first at ``offset`` (one block from 0 without ``rows``)."""
     n = int(np.prod(shape, dtype=np.int64))
-    if xp is np and n >= COMPILED_FROM and np.dtype(dtype) == np.float32:
-        out, key = np.empty(n, np.float32), np.uint64(_key(seed, stream, np))
-        kernel = _compiled("uniform_into", out, key)
+    if rows is None:
+        return n, n, n, 0
+    axis, start, total = rows
+    local = shape[axis]
+    if not 0 <= start <= start + local <= total:
+        raise ValueError(f"rows {start}..{start + local} of a draw over {total} along axis {axis} are out of range")
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    return n, local * inner, total * inner, start * inner
+
+
+def _bits(layout, seed: int, stream: int, xp):
+    """The top 24 bits of each index's hash, as uint64."""
+    n, block, stride, offset = layout
+    index = xp.arange(block, dtype=xp.uint64) + xp.uint64(offset)
+    if block != n:
+        index = (xp.arange(n // block if block else 0, dtype=xp.uint64)[:, None] * xp.uint64(stride)
+                 + index[None, :]).reshape(-1)
+    with np.errstate(over="ignore"):
+        return _mix(index * _GOLDEN + _key(seed, stream, xp), xp) >> xp.uint64(40)
+
+
+def _compiled_args(layout):
+    return tuple(np.int64(v) for v in layout[1:])
+
+
+def uniform(shape, seed: int, stream: int, xp=np, dtype=np.float32, rows=None):
+    """Uniform numbers in [0, 1) of ``shape``, a pure function of (seed, stream, element index);
+    ``rows=(axis, start, total)``: rows ``start..`` along ``axis`` of the draw over ``total`` rows."""
+    layout = _layout(shape, rows)
+    if xp is np and layout[0] >= COMPILED_FROM and np.dtype(dtype) == np.float32:
+        out, key = np.empty(layout[0], np.float32), np.uint64(_key(seed, stream, np))
+        kernel = _compiled("uniform_into", out, key, *_compiled_args(layout))
         if kernel is not None:
-            kernel(out, key)
+            kernel(out, key, *_compiled_args(layout))
             return out.reshape(shape)
     # top 24 bits -> exactly representable float32 in [0, 1)
-    u = _bits(n, seed, stream, xp).astype(dtype) * dtype(1.0 / (1 << 24))
+    u = _bits(layout, seed, stream, xp).astype(dtype) * dtype(1.0 / (1 << 24))
     return u.reshape(shape)
 
 
-def below(shape, p: float, seed: int, stream: int, xp=np, dtype=np.float32):
-    """1 where ``uniform(shape, seed, stream)`` (float32) is below p, else 0, in ``dtype``: a unit
-    that keeps its state with probability p (zoneout's draws)."""
-    n = int(np.prod(shape, dtype=np.int64))
-    if xp is np and n >= COMPILED_FROM:
-        out, key = np.empty(n, dtype), np.uint64(_key(seed, stream, np))
-        kernel = _compiled("below_into", out, key, np.float32(p))
+def below(shape, p: float, seed: int, stream: int, xp=np, dtype=np.float32, rows=None):
+    """1 where ``uniform(shape, seed, stream, rows=rows)`` (float32) is below p, else 0, in ``dtype``:
+    a unit that keeps its state with probability p (zoneout's draws)."""
+    layout = _layout(shape, rows)
+    if xp is np and layout[0] >= COMPILED_FROM:
+        out, key = np.empty(layout[0], dtype), np.uint64(_key(seed, stream, np))
+        kernel = _compiled("below_into", out, key, np.float32(p), *_compiled_args(layout))
         if kernel is not None:
-            kernel(out, key, np.float32(p))
+            kernel(out, key, np.float32(p), *_compiled_args(layout))
             return out.reshape(shape)
-    return (uniform(shape, seed, stream, xp, np.float32) < np.float32(p)).astype(dtype)
+    return (uniform(shape, seed, stream, xp, np.float32, rows) < np.float32(p)).astype(dtype)
 
 
-def dropout_mask(shape, p: float, seed: int, stream: int, xp=np, dtype=np.float32):
-    """Inverted-dropout mask: 0 with probability p, else 1/(1-p)."""
-    keep = uniform(shape, seed, stream, xp, np.float32) >= p
+def dropout_mask(shape, p: float, seed: int, stream: int, xp=np, dtype=np.float32, rows=None):
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p); ``rows`` as for :func:`uniform`."""
+    keep = uniform(shape, seed, stream, xp, np.float32, rows) >= p
     return keep.astype(dtype) * np.dtype(dtype).type(1.0 / (1.0 - p))

@@ -44,8 +44,9 @@ def compile_backward(cell: str, dtype, optimizer: str, ids_dtype) -> None:
     from rnnfast.kernels.cpu.random import below_into, uniform_into
 
     dtype = np.dtype(dtype)
-    uniform_into(np.zeros(1, np.float32), np.uint64(0))  # the dropout masks' draws (rnnfast.random)
-    below_into(np.zeros(1, dtype), np.uint64(0), np.float32(0.5))  # zoneout's
+    whole = (np.int64(1), np.int64(1), np.int64(0))  # block, stride, offset of a whole draw of one value
+    uniform_into(np.zeros(1, np.float32), np.uint64(0), *whole)  # the dropout masks' draws (rnnfast.random)
+    below_into(np.zeros(1, dtype), np.uint64(0), np.float32(0.5), *whole)  # zoneout's
     rows, args = _cell(cell).backward_probe(dtype)
     rows(*args)
     ids = np.zeros((1, 1), np.dtype(ids_dtype))

@@ -44,9 +44,19 @@ def test_same_numbers_on_cupy():
 
 
 # -- the compiled pass (kernels/cpu/random.py) --------------------------------------------------
+def _compile_the_passes():
+    """Compiled, so the big shapes take them."""
+    from rnnfast.kernels.cpu.random import below_into, uniform_into
+
+    whole = (np.int64(1), np.int64(1), np.int64(0))
+    uniform_into(np.zeros(1, np.float32), np.uint64(0), *whole)
+    below_into(np.zeros(1, np.float64), np.uint64(0), np.float32(0.5), *whole)
+    below_into(np.zeros(1, np.float32), np.uint64(0), np.float32(0.5), *whole)
+
+
 def formula_uniform(shape, seed, stream):
     n = int(np.prod(shape))
-    return (random._bits(n, seed, stream, np).astype(np.float32) * np.float32(1 / (1 << 24))).reshape(shape)
+    return (random._bits((n, n, n, 0), seed, stream, np).astype(np.float32) * np.float32(1 / (1 << 24))).reshape(shape)
 
 
 @pytest.mark.parametrize("shape", [(3,), (4095,), (4096,), (64, 32, 128), (7, 3, 300)])
@@ -54,9 +64,7 @@ def formula_uniform(shape, seed, stream):
 def test_the_compiled_draws_equal_the_formula_bit_for_bit(shape, seed, stream):
     from rnnfast.kernels.cpu.random import below_into, uniform_into
 
-    uniform_into(np.zeros(1, np.float32), np.uint64(0))  # compiled, so the big shapes take it
-    below_into(np.zeros(1, np.float64), np.uint64(0), np.float32(0.5))
-    below_into(np.zeros(1, np.float32), np.uint64(0), np.float32(0.5))
+    _compile_the_passes()
     expected = formula_uniform(shape, seed, stream)
     assert np.array_equal(uniform(shape, seed, stream), expected)
     for p in (0.1, 0.25, 1 / 3, 0.9):
@@ -65,6 +73,37 @@ def test_the_compiled_draws_equal_the_formula_bit_for_bit(shape, seed, stream):
             assert drawn.dtype == dtype and np.array_equal(drawn, (expected < np.float32(p)).astype(dtype))
     if int(np.prod(shape)) >= random.COMPILED_FROM:
         assert {"uniform_into", "below_into"} <= random._READY
+
+
+# -- a part of a draw (a data-parallel rank's rows) ----------------------------------------------
+ROW_CASES = [((6, 2, 5), 1, 1, 3), ((64, 8, 128), 1, 4, 16), ((64, 8, 128), 1, 0, 8), ((8, 600), 0, 8, 24),
+             ((5, 3, 1000), 2, 1000, 3000), ((1, 1, 1), 1, 31, 32), ((4096,), 0, 4096, 8192), ((0, 4, 3), 1, 4, 8)]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["formula", "compiled"])
+@pytest.mark.parametrize("shape,axis,start,total", ROW_CASES)
+def test_rows_of_a_draw_equal_the_slice_of_the_whole_draw_bit_for_bit(shape, axis, start, total, compiled,
+                                                                      monkeypatch):
+    if compiled:
+        _compile_the_passes()
+    else:
+        monkeypatch.setattr(random, "COMPILED_FROM", 2**62)
+    whole_shape = shape[:axis] + (total,) + shape[axis + 1:]
+    cut = (slice(None),) * axis + (slice(start, start + shape[axis]),)
+    rows = (axis, start, total)
+    for seed, stream in ((0, 0), (2**63 + 5, 17)):
+        whole = uniform(whole_shape, seed, stream)
+        assert np.array_equal(uniform(shape, seed, stream, rows=rows), whole[cut])
+        for dtype in (np.float32, np.float64):
+            assert np.array_equal(random.below(shape, 0.3, seed, stream, dtype=dtype, rows=rows),
+                                  random.below(whole_shape, 0.3, seed, stream, dtype=dtype)[cut])
+            assert np.array_equal(dropout_mask(shape, 0.4, seed, stream, dtype=dtype, rows=rows),
+                                  dropout_mask(whole_shape, 0.4, seed, stream, dtype=dtype)[cut])
+
+
+def test_rows_past_the_draw_are_an_error():
+    with pytest.raises(ValueError, match="rows 6..10 of a draw over 8 along axis 1 are out of range"):
+        uniform((3, 4), 0, 0, rows=(1, 6, 8))
 
 
 def test_until_the_pass_is_compiled_the_formula_draws_the_same_numbers(monkeypatch):
