@@ -41,6 +41,9 @@ def test_same_numbers_on_cupy():
 
     np.testing.assert_array_equal(cp.asnumpy(uniform((5, 7), 11, 4, xp=cp)), uniform((5, 7), 11, 4))
     np.testing.assert_array_equal(cp.asnumpy(dropout_mask((5, 7), 0.3, 11, 4, xp=cp)), dropout_mask((5, 7), 0.3, 11, 4))
+    # zoneout's draws, at a size the CPU takes through its compiled pass
+    np.testing.assert_array_equal(cp.asnumpy(random.below((64, 32, 128), 0.1, 11, 4, xp=cp)),
+                                  random.below((64, 32, 128), 0.1, 11, 4))
 
 
 # -- the compiled pass (kernels/cpu/random.py) --------------------------------------------------
