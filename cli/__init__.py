@@ -1,4 +1,4 @@
-"""The ``rnnfast`` command line (Click): train, generate, eval, predict, export and bench."""
+"""The ``rnnfast`` command line (Click): train, tune, generate, eval, predict, export and bench."""
 import click
 
 from rnnfast import __version__
@@ -9,6 +9,7 @@ from rnnfast.cli.export import export
 from rnnfast.cli.generate import generate
 from rnnfast.cli.predict import predict
 from rnnfast.cli.train import train
+from rnnfast.cli.tune import tune
 
 
 class Group(click.Group):
@@ -30,5 +31,5 @@ def main():
     """
 
 
-for command in (train, generate, eval_command, predict, export, bench):
+for command in (train, tune, generate, eval_command, predict, export, bench):
     main.add_command(command)

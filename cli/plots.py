@@ -94,3 +94,27 @@ def plot_future(history: np.ndarray, future: np.ndarray, title: str, ylabel: str
     png = io.BytesIO()
     fig.savefig(png, format="png")
     return png.getvalue()
+
+
+def plot_search_history(points: list[tuple[int, float, str]], title: str, ylabel: str) -> bytes | None:
+    """PNG bytes of a hyper-parameter search: each trial's loss against its number, complete trials
+    as dots with the best so far as a line, pruned ones as crosses at their last loss; None without
+    matplotlib. points: (trial number, loss, "complete" | "pruned")."""
+    fig = _figure()
+    if fig is None:
+        return None
+    ax = fig.add_subplot()
+    complete = sorted((n, loss) for n, loss, state in points if state == "complete")
+    pruned = [(n, loss) for n, loss, state in points if state == "pruned"]
+    if complete:
+        numbers, losses = zip(*complete)
+        ax.plot(numbers, losses, "o", ms=5, label="complete trial")
+        ax.step(numbers, np.minimum.accumulate(losses), where="post", lw=1.5, label="best so far")
+    if pruned:
+        ax.plot(*zip(*pruned), "x", color="gray", ms=6, label="pruned trial (its last loss)")
+    ax.set(xlabel="trial", ylabel=ylabel, title=title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()
