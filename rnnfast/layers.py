@@ -121,14 +121,15 @@ class Dropout(Module):
     Identity in eval mode or with p=0. Masks come from :func:`rnnfast.random.dropout_mask` with
     ``stream`` = the number of training calls so far, so a run is reproducible on CPU and GPU, and
     ``rng_state()``/``set_rng_state()`` carry that counter through a checkpoint so a resumed run
-    draws the same masks. Give each Dropout in a model its own ``seed``.
+    draws the same masks. Give each Dropout in a model its own ``seed``. ``batch_axis``: the input's
+    batch axis, along which a data-parallel process draws its rows of the global batch's mask.
     """
 
-    def __init__(self, p: float, seed: int = 0):
+    def __init__(self, p: float, seed: int = 0, batch_axis: int = 0):
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ValueError(f"Dropout probability must be in [0, 1), got {p}")
-        self.p, self.seed = float(p), int(seed)
+        self.p, self.seed, self.batch_axis = float(p), int(seed), int(batch_axis)
         self._calls = 0
         self._mask = None
 
@@ -138,7 +139,8 @@ class Dropout(Module):
             self._mask = None
             return x
         xp = get_array_module(x)
-        self._mask = dropout_mask(x.shape, self.p, self.seed, self._calls, xp, x.dtype.type)
+        self._mask = dropout_mask(x.shape, self.p, self.seed, self._calls, xp, x.dtype.type,
+                                  self.draw_rows(self.batch_axis))
         self._calls += 1
         return x * self._mask
 

@@ -22,6 +22,7 @@ class Module:
         self._grads: dict[str, object] = {}
         self._children: dict[str, Module] = {}
         self.training = True
+        self.batch_rows = None  # (start, total) of a data-parallel process's rows in the global batch
 
     # -- registration -------------------------------------------------------------------------
     def add_param(self, name: str, value) -> None:
@@ -96,6 +97,20 @@ class Module:
 
     def eval(self) -> "Module":
         return self.train(False)
+
+    def set_batch_rows(self, rows: tuple[int, int] | None) -> "Module":
+        """Data-parallel training: this process's batches are rows ``start..`` of a global batch of
+        ``total`` rows (``rows=(start, total)``; None: the whole batch), so the masks it draws are
+        those one process draws for the same rows. Returns self."""
+        self.batch_rows = None if rows is None else (int(rows[0]), int(rows[1]))
+        for child in self._children.values():
+            child.set_batch_rows(rows)
+        return self
+
+    def draw_rows(self, batch_axis: int):
+        """``rows`` for rnnfast.random's draws whose ``batch_axis`` runs over the batch (None when the
+        batch is whole)."""
+        return None if self.batch_rows is None else (batch_axis, *self.batch_rows)
 
     @property
     def device(self) -> str:

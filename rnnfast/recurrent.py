@@ -225,7 +225,7 @@ class _Recurrent(Module):
         options, H = {}, self.hidden_size
         if self.training and self.recurrent_dropout > 0:
             options["h_mask"] = dropout_mask((B, H), self.recurrent_dropout, self.dropout_seed, self.dropout_stream, xp,
-                                             self.dtype)
+                                             self.dtype, self.draw_rows(0))
             self.dropout_stream += 1
         if any(self.zoneout):
             zone = []
@@ -233,7 +233,8 @@ class _Recurrent(Module):
                 if p == 0:
                     zone.append(None)
                 elif self.training:
-                    zone.append(below((T, B, H), p, self.dropout_seed, self.dropout_stream, xp, self.dtype))
+                    zone.append(below((T, B, H), p, self.dropout_seed, self.dropout_stream, xp, self.dtype,
+                                      self.draw_rows(1)))
                     self.dropout_stream += 1
                 else:
                     zone.append(xp.full((T, B, H), p, self.dtype))
@@ -275,7 +276,8 @@ class _Recurrent(Module):
         layer_in = xp.ascontiguousarray(x)
         for layer in range(self.num_layers):
             if layer > 0 and self.training and self.dropout > 0:
-                mask = dropout_mask(layer_in.shape, self.dropout, self.dropout_seed, self.dropout_stream, xp, self.dtype)
+                mask = dropout_mask(layer_in.shape, self.dropout, self.dropout_seed, self.dropout_stream, xp, self.dtype,
+                                    self.draw_rows(1))
                 self.dropout_stream += 1
                 layer_in = layer_in * mask
                 masks.append(mask)

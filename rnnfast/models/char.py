@@ -44,7 +44,7 @@ class CharRNN(CharSampling, Model):
         rnn = recurrent_layer(cell, embedding_dim, hidden_size, num_layers, dropout, False, dtype, s[1], False, **options)
         self.add("embed", Embedding(vocab_size, embedding_dim, dtype=dtype, seed=s[0]))
         self.add("rnn", rnn)
-        self.add("drop", Dropout(dropout, seed=s[3]))
+        self.add("drop", Dropout(dropout, seed=s[3], batch_axis=1))
         self.add("head", Linear(hidden_size, vocab_size, dtype=dtype, seed=s[2]))
         self.vocab_size = vocab_size
 
