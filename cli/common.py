@@ -81,6 +81,11 @@ def _read_config(path: Path) -> dict:
     return data
 
 
+# What a run's config.json records beside its options, which --config RUN/config.json passes over:
+# the number of processes that trained it is mpiexec's -n, not an option.
+RECORDED_ONLY = ("world_size",)
+
+
 def _load_config(ctx: click.Context, param: click.Parameter, path):
     """Eager callback of ``--config``: the file's keys become the defaults of the other options.
 
@@ -103,6 +108,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, path):
     defaults = {}
     for key, val in data.items():
         name = by_key.get(key.replace("-", "_"))
+        if name is None and key in RECORDED_ONLY:
+            continue
         if name is None:
             known = ", ".join(sorted(max(p.opts, key=len).lstrip("-") for p in options))
             raise click.BadParameter(f"{path} sets unknown option {key!r}; known options: {known}",

@@ -1,7 +1,9 @@
 """``rnnfast train``: train a model with live progress, validation, checkpoints, plots and exact resume."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -10,6 +12,7 @@ import click
 from click.core import ParameterSource
 from tqdm import tqdm
 
+from rnnfast import parallel
 from rnnfast.backend import to_numpy
 from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar, TensorBoardLogger, import_tensorboardx
 from rnnfast.checkpoint import check_model_fits, init_weights_from, load_checkpoint, read_meta
@@ -254,6 +257,13 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
     return written
 
 
+def _describe_world(world, batch_size: int) -> str:
+    """For the start line: how many processes train (nothing for one)."""
+    if world.size == 1:
+        return ""
+    return f"{world.size} processes (mpiexec) of {batch_size // world.size} sequences each; "
+
+
 @click.command("train", cls=Command)
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--task", type=click.Choice(TASKS), default="charlm", show_default=True,
@@ -367,6 +377,15 @@ def train(ctx, **opts):
         raise click.UsageError("--init-from starts a new run from a checkpoint's weights and --resume continues "
                                "one exactly; give one of them")
     device = resolve_device(opts.pop("device"))
+    world = parallel.world()  # under mpiexec -n N: this process's place among the N training one model
+    world.watch()
+    if world.rank != 0:
+        # rank 0 speaks for the run: the others would print copies of its lines and errors (the
+        # watcher shows the last line of a rank that fails alone)
+        sys.stdout, sys.stderr = open(os.devnull, "w"), open(world.log_path(), "w", buffering=1)
+    if world.size > 1 and device == "gpu":
+        raise click.UsageError("data-parallel training runs on the CPU (the GPU path is not built yet): "
+                               "give --device cpu under mpiexec")
     out, progress, eval_every, patience = opts.pop("out"), opts.pop("progress"), opts.pop("eval_every"), opts.pop("patience")
     tensorboard = opts.pop("tensorboard")
     saved_limits = meta = None
@@ -396,6 +415,9 @@ def train(ctx, **opts):
     if isinstance(opts["zoneout"], list) and opts["cell"] != "lstm":
         raise click.UsageError(f"--zoneout P_H,P_C is for --cell lstm (h and c); a {opts['cell']} has only h: "
                                "give one fraction")
+    if opts["batch_size"] % world.size:
+        raise click.UsageError(f"--batch-size {opts['batch_size']} does not divide among {world.size} processes; "
+                               f"the global batch is split evenly: give a multiple of {world.size}")
     limits = _limits(ctx, opts, saved_limits)
     # cosine decays over the run's first --steps, which a resumed run keeps even when given more steps
     lr_total_steps = limits["steps"] if meta is None else meta["cli"].get("schedule", {}).get("lr_total_steps")
@@ -423,7 +445,8 @@ def train(ctx, **opts):
     else:
         train_data = ArrayBatcher(td.train, opts["batch_size"], seed=opts["seed"])
     optimizer = OPTIMIZERS[opts["optimizer"]](lr=opts["lr"], weight_decay=opts["weight_decay"])
-    if device == "cpu" and opts["task"] == "charlm" and not backward_compiled(opts["cell"], opts["dtype"]):
+    first_run = device == "cpu" and opts["task"] == "charlm" and not backward_compiled(opts["cell"], opts["dtype"])
+    if first_run and world.rank == 0:  # one compile for all the ranks: they share Numba's cache
         # A first run after installing: another process compiles the backward pass's kernels while
         # this one compiles the forward pass's (the first 'train --steps 1': 14.7 -> 11.1 s)
         compile_backward_in_background(opts["cell"], opts["dtype"], type(optimizer).__name__, td.train.dtype)
@@ -434,9 +457,11 @@ def train(ctx, **opts):
     origin = {} if init_record is None else {"init_from": init_record}
     # Only now, so that bad input leaves no run directory behind; from here on this run holds it, and
     # gives it back if it stops before its first checkpoint.
-    with claim(out, unique=default_name, written=RUN_FILES) as out:
+    with claim(out, unique=default_name, written=RUN_FILES) if world.rank == 0 else contextlib.nullcontext() as out:
+        out = world.broadcast(out)  # rank 0 alone claims it, and writes there
+        world.tell_run_dir(out)
         _refuse_another_run(out, resume)  # again: another run may have written it during start-up
-        if resume is None:
+        if resume is None and world.rank == 0:
             (out / "metrics.jsonl").unlink(missing_ok=True)  # of a run killed before its first checkpoint
         callbacks = [ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
                      JSONLLogger(out / "metrics.jsonl")]
@@ -445,7 +470,8 @@ def train(ctx, **opts):
         callbacks += ctx.meta.get(EXTRA_CALLBACKS, [])
         trainer = Trainer(
             model, optimizer, train_data, td.val, clip=opts["clip"] or None, schedule=lr_schedule,
-            eval_every=eval_every, early_stopping_patience=patience, out_dir=out, callbacks=callbacks,
+            eval_every=eval_every, early_stopping_patience=patience, out_dir=out,
+            callbacks=callbacks if world.rank == 0 else [], world=world,
             meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
                                      "baseline_name": td.baseline_name,
                                      "schedule": {"eval_every": eval_every, "patience": patience,
@@ -454,19 +480,22 @@ def train(ctx, **opts):
             resume=resume,
         )
         # after the resume's checks, so that a checkpoint that cannot be continued leaves the run as it was
-        write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every,
-                                                               "tensorboard": tensorboard, **origin}, indent=2) + "\n")
+        if world.rank == 0:
+            write_text_atomically(out / "config.json", json.dumps({**run_options, **limits, "eval_every": eval_every,
+                                                                   "tensorboard": tensorboard, **origin,
+                                                                   "world_size": world.size}, indent=2) + "\n")
 
         n_params = model.num_params()
         start = (f"resuming {resume} at step {trainer.step}" if resume else
                  f"training from the weights of {init_from}" if init_from else "training")
         click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
                    f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "
+                   f"{_describe_world(world, opts['batch_size'])}"
                    f"stops after {_describe_limits(limits)}; run directory {out}", err=True)
 
         result = trainer.run(**limits)
 
-        plots = _write_plots(out, opts, model, td)
+        plots = _write_plots(out, opts, model, td) if world.rank == 0 else []
         best = "no validation yet" if result["best_val"] is None else (
             f"best validation loss {describe_loss(opts['task'], result['best_val'])} at step {result['best_step']}")
         click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline)}")
@@ -476,6 +505,7 @@ def train(ctx, **opts):
         reason = STOP_REASONS.get(result["stopped"], result["stopped"]).format(patience=patience)
         click.echo(f"stopped at step {result['step']} ({reason}); "
                    f"wrote {', '.join(map(str, files))}")
+        world.end_cleanly()
         if result["stopped"] == "interrupted":
             click.echo(f"continue with: rnnfast train --resume {out / 'latest.safetensors'}", err=True)
             ctx.exit(130)  # the shell's code for a run stopped by Ctrl-C

@@ -46,6 +46,7 @@ from rnnfast.checkpoint import (carried_tensors, join_tensors, load_checkpoint, 
 from rnnfast.errors import CheckpointError, NonFiniteLossError, RnnfastError
 from rnnfast.models.base import REGULARISERS
 from rnnfast.optim import Adam, clip_grad_norm
+from rnnfast.parallel import World
 from rnnfast.rundir import hold, remove_temp_files
 
 
@@ -118,11 +119,16 @@ class Trainer:
     - ``out_dir``: where ``latest.safetensors`` and ``best.safetensors`` go (None: no checkpoints).
     - ``meta``: extra JSON-able entries for every checkpoint (the vocabulary, the task, a scaler).
     - ``resume``: a checkpoint path to continue from (see :meth:`resume`).
+    - ``world``: the processes of a data-parallel run (:mod:`rnnfast.parallel`; default: this one).
+      Each trains on its rows of every batch, and together they take the single process's steps;
+      rank 0 alone holds ``out_dir``, writes the checkpoints, runs the validation (its result is
+      broadcast) and should alone get callbacks. Time budgets and Ctrl-C are agreed on in each step's
+      reduction, so every rank stops after the same step.
     """
 
     def __init__(self, model, optimizer, train_data, val_data=None, *, clip: float | None = None, schedule=None,
                  eval_every: int = 100, early_stopping_patience: int | None = None, out_dir=None,
-                 callbacks=(), meta: dict | None = None, resume=None):
+                 callbacks=(), meta: dict | None = None, resume=None, world: World | None = None):
         if not isinstance(eval_every, (int, np.integer)) or eval_every < 1:
             raise ValueError(f"eval_every must be a positive integer, got {eval_every!r}")
         if clip is not None and not clip > 0:
@@ -146,6 +152,8 @@ class Trainer:
         # that step's checkpoint written; run() returns it as "stopped"
         self.stop_reason = None
         self._resumed_at_best = False  # resumed from a checkpoint that was its run's best (see _complete_the_best)
+        self.world = world if world is not None else World()
+        self._agreed = {"time_budget": False, "interrupted": False}  # what the ranks voted in the last step
         if resume is not None:
             self.resume(resume)
 
@@ -192,7 +200,7 @@ class Trainer:
     @contextlib.contextmanager
     def _holding_out_dir(self):
         """Hold out_dir for this run, without the debris of a killed one."""
-        if self.out_dir is None:
+        if self.out_dir is None or self.world.rank != 0:
             yield
             return
         with hold(self.out_dir):
@@ -205,7 +213,7 @@ class Trainer:
             stopped = self._stop_reason(steps, epochs, time_budget, time.perf_counter() - progress.start)
             if stopped:
                 return stopped
-            logs = self._one_step()
+            logs = self._one_step(self._votes(sigint, time_budget, progress))
             progress.losses.append(logs["loss"])
             progress.tokens += logs["tokens"]
             elapsed = time.perf_counter() - progress.start
@@ -219,7 +227,7 @@ class Trainer:
                     return "early_stopping"
             if self.stop_reason is not None:
                 return self.stop_reason
-            if sigint["requested"]:
+            if sigint["requested"] if self.world.size == 1 else self._agreed["interrupted"]:
                 return "interrupted"
 
     def _finish(self, stopped, progress) -> dict:
@@ -231,14 +239,28 @@ class Trainer:
             cb.on_train_end(self, result)
         return result
 
-    def _one_step(self) -> dict:
-        data, model = self.train_data, self.model
+    def _votes(self, sigint, time_budget, progress) -> tuple[float, float]:
+        """This rank's votes to stop after the next step: its time budget is used up, it got Ctrl-C."""
+        if self.world.size == 1:
+            return 0.0, 0.0
+        used_up = time_budget is not None and time.perf_counter() - progress.start >= time_budget
+        return float(used_up), float(sigint["requested"])
+
+    def _one_step(self, votes=(0.0, 0.0)) -> dict:
+        data, model, world = self.train_data, self.model, self.world
         if getattr(data, "batch_in_epoch", None) == 0 and hasattr(model, "reset_state"):
             model.reset_state()  # the streams start over: the state carried so far belongs elsewhere
         batch = next(data)
+        if world.size > 1:
+            batch, rows, share = world.share(batch, getattr(data, "batch_axis", 0))
+            model.set_batch_rows(rows)
         model.zero_grad()
         out = model.train_step(batch)
-        loss, step = out["loss"], self.step + 1
+        loss, step, tokens = out["loss"], self.step + 1, int(out.get("tokens", 0))
+        if world.size > 1:  # the global batch's gradient, mean loss and tokens on every rank
+            loss, tokens, *voted = world.sum_step(model.grads, share, [loss * share, tokens * (share > 0), *votes])
+            tokens = int(tokens)
+            self._agreed = {"time_budget": voted[0] > 0, "interrupted": voted[1] > 0}
         if not math.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_message(f"the loss is {loss} at step {step}"))
         grads = model.grads
@@ -251,7 +273,7 @@ class Trainer:
         self.optimizer.step(model.params, grads)
         self.step = step
         return {"step": step, "epoch": getattr(data, "epoch", None), "loss": loss, "lr": float(self.optimizer.lr),
-                "grad_norm": grad_norm, "tokens": int(out.get("tokens", 0))}
+                "grad_norm": grad_norm, "tokens": tokens}
 
     def _non_finite_message(self, what: str) -> str:
         kept = "no checkpoint was written" if self.out_dir is None else f"the last good checkpoint in {self.out_dir} is kept"
@@ -262,7 +284,7 @@ class Trainer:
             return "steps"
         if epochs is not None and self.train_data.epoch >= epochs:
             return "epochs"
-        if time_budget is not None and elapsed >= time_budget:
+        if time_budget is not None and (elapsed >= time_budget if self.world.size == 1 else self._agreed["time_budget"]):
             return "time_budget"
         return None
 
@@ -290,7 +312,7 @@ class Trainer:
         if self.val_data is None:
             self._save("latest")
             return None
-        val = self.model.evaluate(self.val_data)
+        val = self.world.broadcast(self.model.evaluate(self.val_data) if self.world.rank == 0 else None)
         loss = val["loss"]
         if not math.isfinite(loss):
             raise NonFiniteLossError(self._non_finite_message(f"the validation loss is {loss} at step {self.step}"))
@@ -317,8 +339,11 @@ class Trainer:
         for name, p in params.items():
             if not bool(get_array_module(p).isfinite(p).all()):
                 raise NonFiniteLossError(self._non_finite_message(f"parameter {name} holds NaN/Inf at step {self.step}"))
+        carried = self.world.gather_rows(self.model.carried_state(), axis=1)
+        if self.world.rank != 0:
+            return
         optim_state = self.optimizer.state_dict()
-        tensors = join_tensors(self.model.state_dict(), optim_state.pop("state"), self.model.carried_state())
+        tensors = join_tensors(self.model.state_dict(), optim_state.pop("state"), carried)
         meta = {
             **self.meta,
             "model": self.model.config(),
@@ -345,10 +370,10 @@ class Trainer:
         self._resumed_at_best = False
         path = self.out_dir / "best.safetensors"
         try:
-            held = load_checkpoint(path)[1]["trainer"]["step"] if path.exists() else None
+            held = load_checkpoint(path)[1]["trainer"]["step"] if path.exists() and self.world.rank == 0 else None
         except (CheckpointError, KeyError, TypeError):
             held = None  # a damaged best: this run's state is the best, so write it
-        if held != self.best_step:
+        if self.world.broadcast(held) != self.best_step:
             self._save("best")  # the state just resumed is the best checkpoint's, exactly
 
     def resume(self, path) -> dict:
@@ -376,7 +401,7 @@ class Trainer:
             evals_since_best, last_eval_step = int(counters["evals_since_best"]), counters["last_eval_step"]
             load_weights(self.model, tensors, str(path))
             self.model.set_rng_state(meta["rng"])
-            self.model.set_carried_state(carried_tensors(tensors))
+            self.model.set_carried_state(self.world.rows_of(carried_tensors(tensors), axis=1))
             try:
                 self.optimizer.load_state_dict({**meta["optimizer"], "state": optimizer_tensors(tensors)})
             except ValueError as exc:

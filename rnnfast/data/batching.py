@@ -25,6 +25,8 @@ class StreamBatcher:
     ``state_dict()`` holds the position, so a resumed run gets exactly the batches it would have.
     """
 
+    batch_axis = 1  # of x and y: a data-parallel rank takes its streams (rnnfast.parallel)
+
     def __init__(self, ids, batch_size: int, seq_len: int):
         """``ids``: (N,) token ids; ``batch_size`` B streams; ``seq_len`` T steps per batch."""
         if batch_size < 1 or seq_len < 1:
@@ -91,6 +93,8 @@ class ArrayBatcher:
     (the last batch of an epoch may be smaller). The order within epoch ``e`` is a permutation fixed by
     ``(seed, e)``, so the position (:meth:`state_dict`) is all a resumed run needs.
     """
+
+    batch_axis = 0  # of every array: a data-parallel rank takes its rows (rnnfast.parallel)
 
     def __init__(self, arrays, batch_size: int, shuffle: bool = True, seed: int = 0):
         self.arrays = tuple(np.asarray(a) if not hasattr(a, "shape") else a for a in arrays)
