@@ -318,7 +318,7 @@ def _import_tuning():
                    "the search.  [default: a fresh sampler order; trials train with train's seed 0]")
 @click.option("--prune/--no-prune", default=True, show_default=True,
               help="Stop a trial whose validation loss is worse than the median of earlier trials' at the same "
-                   "step (Optuna's MedianPruner, from the sixth trial on); it keeps its checkpoint.")
+                   "step (Optuna's MedianPruner, once five trials have completed); it keeps its checkpoint.")
 @click.option("--storage", default=None, metavar="URL",
               help="Where the study lives: an SQLAlchemy URL (sqlite:///study.db, postgresql://user@host/db for "
                    "workers on many machines) or journal:PATH, a journal file for several processes on one "
