@@ -57,27 +57,28 @@ def _one_line(exc: click.UsageError) -> OneLineUsageError:
 
 # -- config files -------------------------------------------------------------------------------
 
-def _read_config(path: Path) -> dict:
-    """The mapping in a TOML (``.toml``) or JSON (any other name) config file."""
+def read_config(path: Path, option: str = "--config") -> dict:
+    """The mapping in a TOML (``.toml``) or JSON (any other name) file; a file that cannot be read is a
+    BadParameter of ``option`` (``--config``; rnnfast tune's ``--space`` too)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise click.BadParameter(f"file not found: {path}", param_hint="'--config'") from None
+        raise click.BadParameter(f"file not found: {path}", param_hint=f"'{option}'") from None
     except IsADirectoryError:
-        raise click.BadParameter(f"{path} is a directory; pass a .toml or .json file", param_hint="'--config'") from None
+        raise click.BadParameter(f"{path} is a directory; pass a .toml or .json file", param_hint=f"'{option}'") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise click.BadParameter(f"cannot read {path} ({exc})", param_hint="'--config'") from None
+        raise click.BadParameter(f"cannot read {path} ({exc})", param_hint=f"'{option}'") from None
     is_toml = path.suffix.lower() == ".toml"
     if is_toml and tomllib is None:
         raise click.BadParameter("TOML config files need Python 3.11 or newer; write the config as JSON",
-                                 param_hint="'--config'")
+                                 param_hint=f"'{option}'")
     try:
         data = tomllib.loads(text) if is_toml else json.loads(text)
     except ValueError as exc:  # TOMLDecodeError and JSONDecodeError both are
         raise click.BadParameter(f"{path} is not valid {'TOML' if is_toml else 'JSON'} ({exc})",
-                                 param_hint="'--config'") from None
+                                 param_hint=f"'{option}'") from None
     if not isinstance(data, dict):
-        raise click.BadParameter(f"{path} must hold a table of option names and values", param_hint="'--config'")
+        raise click.BadParameter(f"{path} must hold a table of option names and values", param_hint=f"'{option}'")
     return data
 
 
@@ -95,7 +96,7 @@ def _load_config(ctx: click.Context, param: click.Parameter, path):
     """
     if path is None:
         return
-    data = _read_config(path)
+    data = read_config(path)
     section = data.get(ctx.info_name)
     if isinstance(section, dict):
         data = section

@@ -16,7 +16,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from rnnfast.cli.common import Command, _read_config
+from rnnfast.cli.common import Command, read_config
 from rnnfast.cli.plots import plot_search_history
 from rnnfast.cli.train import EXTRA_CALLBACKS, ZoneoutParam, train
 from rnnfast.rundir import write_atomically, write_text_atomically
@@ -96,10 +96,7 @@ def _search_space(tuning, params: tuple[str, ...], space_file: Path | None, fixe
     DEFAULT_SPACE less the options given. An option fixed on the command line cannot also be searched."""
     entries = []
     if space_file is not None:
-        try:
-            table = _read_config(space_file)
-        except click.BadParameter as exc:
-            raise click.UsageError(f"--space: {exc.format_message()}") from None
+        table = read_config(space_file, "--space")
         entries += [(key, value, f"--space {space_file}: {key}") for key, value in table.items()]
     for item in params:
         name, sep, spec = item.partition("=")

@@ -6,11 +6,11 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 
 import pytest
 
 optuna = pytest.importorskip("optuna", reason="rnnfast tune needs the tune extra (optuna)")
+tomllib = pytest.importorskip("tomllib", reason="best.toml and --space files are read with Python 3.11's tomllib")
 
 from rnnfast.checkpoint import load_checkpoint  # noqa: E402
 from rnnfast.tune import TuneError, parse_spec  # noqa: E402
@@ -200,6 +200,7 @@ def test_a_bad_param_is_one_line_naming_the_grammar_and_creates_nothing(small, t
     (["--resume", "x.safetensors"], "--resume continues one run"),
     (["--trial-budget", 5, "--time-budget", 5], "give one of them"),
     (["--hiden", 8], "No such option '--hiden'"),
+    (["--space", "nowhere.toml"], "Invalid value for '--space': file not found: nowhere.toml"),
 ])
 def test_other_bad_options_are_one_line_and_create_nothing(small, tmp_path, args, says):
     result = run("tune", small, *args, "--out", tmp_path / "tune", ok=False)
@@ -221,3 +222,9 @@ def test_a_space_file_and_the_spec_grammar(small, tmp_path):
     assert parse_spec("lstm,gru,true,0.5").choices == ("lstm", "gru", True, 0.5)
     with pytest.raises(TuneError, match="SPEC is a,b,c"):
         parse_spec("1:2:3")
+
+
+def test_without_optuna_tune_says_what_to_install(small, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # what an import of a missing package does
+    result = run("tune", small, "--out", tmp_path / "tune", ok=False)
+    assert "rnnfast tune needs Optuna" in result.stderr and "pip install 'rnnfast[tune]'" in result.stderr
