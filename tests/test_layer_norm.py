@@ -143,3 +143,75 @@ def test_eval_mode_is_deterministic_and_the_cells_take_layer_norm():
 def test_layer_norm_must_be_a_bool():
     with pytest.raises(TypeError, match="layer_norm must be True or False"):
         rf.GRU(3, 4, layer_norm="yes")
+
+
+# -- models, checkpoints, the CLI ------------------------------------------------------------------
+def test_models_take_record_and_rebuild_layer_norm():
+    from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor, from_config
+
+    for model in (CharRNN(7, hidden_size=8, num_layers=2, seed=0, layer_norm=True),
+                  SeqRegressor(2, hidden_size=8, cell="gru", bidirectional=True, seed=0, layer_norm=True),
+                  SeqClassifier(7, 3, hidden_size=8, seed=0, layer_norm=True)):
+        config = model.config()
+        assert config["layer_norm"] is True and model.rnn.layer_norm
+        assert type(model).param_shapes({k: v for k, v in config.items() if k != "class"}) == \
+            {k: tuple(v.shape) for k, v in model.params.items()}
+        assert "rnn.layernorm_hh_l0.weight" in model.params
+        assert from_config(config).rnn.layer_norm
+    old = CharRNN(7, hidden_size=8, seed=0).config()
+    del old["layer_norm"]  # a config from before the option builds the plain model
+    assert not from_config(old).rnn.layer_norm
+
+
+def test_sampling_steps_aside_and_export_refuses():
+    from rnnfast.errors import ExportError
+    from rnnfast.export import onnx_model
+    from rnnfast.models import CharRNN
+
+    model = CharRNN(7, hidden_size=8, num_layers=1, seed=0, layer_norm=True).eval()
+    assert model._compiled_sampler(True, 10**6) is None  # even asked for, and with a long text
+    assert len(model.sample([1, 2], length=5, seed=0, compiled=True)) == 2 + 5  # the prime, then 5
+    with pytest.raises(ExportError, match="--layer-norm"):
+        onnx_model(model)
+
+
+@pytest.fixture(scope="module")
+def corpus(shakespeare_path, tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "shakespeare.txt"
+    path.write_text(shakespeare_path.read_text(encoding="utf-8")[:20_000], encoding="utf-8")
+    return path
+
+
+def test_train_layer_norm_is_recorded_and_generate_eval_resume_rebuild_it(corpus, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint
+    from rnnfast.models import from_config
+    from test_cli import TINY, digests, run
+
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out, "--layer-norm")
+    tensors, meta = load_checkpoint(out / "latest.safetensors")
+    assert meta["cli"]["options"]["layer_norm"] is True and meta["model"]["layer_norm"] is True
+    assert "rnn.layernorm_c_l0.weight" in tensors and from_config(meta["model"]).rnn.layer_norm
+    assert "nats/char" in run("eval", out / "best.safetensors").stdout
+    assert run("generate", out / "best.safetensors", "--length", 20).stdout
+    run("train", "--resume", out / "latest.safetensors", "--steps", 3)
+    result = run("train", "--resume", out / "latest.safetensors", "--steps", 4, "--no-layer-norm", ok=False)
+    assert "--no-layer-norm" in result.stderr
+
+
+def test_layer_norm_with_a_checkpoint_that_has_none_is_a_one_line_error(corpus, tmp_path):
+    from rnnfast.checkpoint import load_checkpoint, save_checkpoint
+    from test_cli import TINY, digests, run
+
+    out = tmp_path / "run"
+    run("train", corpus, *TINY, "--steps", 2, "--eval-every", 2, "--out", out)
+    tensors, meta = load_checkpoint(out / "latest.safetensors")
+    del meta["model"]["layer_norm"], meta["cli"]["options"]["layer_norm"]  # as written before the option
+    save_checkpoint(out / "latest.safetensors", tensors, meta)
+    before = digests(out)
+    for flags in (["--resume", out / "latest.safetensors", "--steps", 3],
+                  [corpus, "--init-from", out / "latest.safetensors", *TINY, "--steps", 1, "--out", tmp_path / "new"]):
+        result = run("train", *flags, "--layer-norm", ok=False)
+        assert "--layer-norm: the" in result.stderr and "has no layer norm" in result.stderr
+    assert digests(out) == before and not (tmp_path / "new").exists()
+    run("train", "--resume", out / "latest.safetensors", "--steps", 3)  # without the flag it resumes, plain
