@@ -84,7 +84,7 @@ def build_model(opts: dict, td: TaskData):
                              dropout=opts["dropout"], dtype=opts["dtype"], seed=opts["seed"],
                              bidirectional=opts["bidirectional"], horizon=opts["horizon"],
                              weight_drop=opts["weight_drop"], recurrent_dropout=opts["recurrent_dropout"],
-                             zoneout=opts["zoneout"])
+                             zoneout=opts["zoneout"], layer_norm=opts.get("layer_norm", False))
 
 
 def task_of(meta: dict, path) -> tuple[str, dict]:

@@ -55,7 +55,7 @@ RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirecti
 # Checkpoints from before these options ran the constant rate, which their defaults give.
 LR_SCHEDULE_OPTIONS = ("lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr")
 # Options newer than some checkpoints: a checkpoint without one ran what its default gives.
-NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "recurrent_dropout", "zoneout", "features")
+NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "recurrent_dropout", "zoneout", "features", "layer_norm")
 RUN_OPTIONS += NEWER_OPTIONS
 LIMITS = ("steps", "epochs", "time_budget")
 
@@ -109,11 +109,21 @@ def _resumed_options(ctx: click.Context, opts: dict, resume: Path) -> tuple[dict
     saved = {**{p.name: p.default for p in ctx.command.params if p.name in NEWER_OPTIONS}, **saved}
     for name in RUN_OPTIONS:
         mine = _absolute(opts[name]) if name == "data" else opts[name]
+        if name == "layer_norm" and _explicit(ctx, name) and mine != saved[name]:
+            raise click.UsageError(_layer_norm_differs(mine, "resumed run", "start a new run without --resume"))
         if _explicit(ctx, name) and mine != saved[name]:
             flag = "DATA" if name == "data" else "--" + name.replace("_", "-")
             raise click.UsageError(f"{flag} {opts[name]} differs from the resumed run's {saved[name]}; a resumed run "
                                    "keeps its settings: drop the option, or start a new run without --resume")
     return {**opts, **{k: saved[k] for k in RUN_OPTIONS}}, meta["cli"]["limits"], meta
+
+
+def _layer_norm_differs(mine: bool, theirs: str, instead: str) -> str:
+    """The one line for --layer-norm (or --no-layer-norm) against a checkpoint that differs."""
+    if mine:
+        return (f"--layer-norm: the {theirs}'s model has no layer norm (its checkpoint holds no gains or biases "
+                f"for it); drop --layer-norm, or {instead}")
+    return f"--no-layer-norm: the {theirs}'s model has layer norm; drop --no-layer-norm, or {instead}"
 
 
 def _run_dir(out: Path | None, opts: dict, resume: Path | None) -> tuple[Path, bool]:
@@ -159,7 +169,12 @@ def _initialised_options(ctx: click.Context, opts: dict, init_from: Path) -> tup
     if task != opts["task"]:
         raise click.UsageError(f"--init-from {init_from} holds a {task} model and this is a {opts['task']} run; "
                                f"use a {opts['task']} checkpoint, or train with --task {task}")
-    shape = ("cell", "hidden", "layers", "dtype", "bidirectional") + (("horizon",) if task == "forecast" else ())
+    saved = {"layer_norm": False, **saved}  # a checkpoint from before --layer-norm has none
+    if _explicit(ctx, "layer_norm") and opts["layer_norm"] != saved["layer_norm"]:
+        raise click.UsageError(_layer_norm_differs(opts["layer_norm"], "--init-from checkpoint",
+                                                   "train from scratch without --init-from"))
+    shape = ("cell", "hidden", "layers", "dtype", "bidirectional", "layer_norm") + (("horizon",) if task == "forecast"
+                                                                                   else ())
     for name in shape:
         if _explicit(ctx, name) and opts[name] != saved[name]:
             raise click.UsageError(f"--{name} {opts[name]} differs from the --init-from checkpoint's {saved[name]}; "
@@ -285,6 +300,10 @@ def _describe_world(world, batch_size: int) -> str:
 @click.option("--zoneout", type=ZoneoutParam(), default=0.0, show_default=True, metavar="P|P_H,P_C",
               help="Zoneout (Krueger et al.): each unit keeps its previous state with probability P at each step; "
                    "eval uses the expectation. For --cell lstm, P_H,P_C zones h and c apart.")
+@click.option("--layer-norm/--no-layer-norm", default=False, show_default=True,
+              help="Layer-normalised cells (Ba et al.; haste's LayerNormLSTM/GRU): the input and recurrent "
+                   "pre-activations normalised apart, each with a gain and bias, and an LSTM's cell state before "
+                   "its output tanh.")
 @click.option("--bidirectional", is_flag=True,
               help="Read each sequence both ways (forecast and classify; a character model must read forwards).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -41,6 +43,7 @@ CELLS = {c.name: c for c in (
 )}
 
 KINDS = ("rnn", "lstm", "gru")
+LAYER_NORM_EPS = 1e-5  # PyTorch's nn.LayerNorm default
 ACTIVATIONS = ("tanh", "relu")  # the RNN kernels take their activation as its index here
 
 
@@ -91,3 +94,45 @@ def cell_options(h, h_mask, zone, saves, xp) -> tuple:
     a = xp.empty_like(h)
     a[0] = h[0] * mask
     return a, mask, zones, saved
+
+
+# Layer norm, the option ``layer_norm``: (gain_ih, bias_ih, gain_hh, bias_hh), each (G*H,), and for
+# the LSTM (gain_c, bias_c), each (H,) (kernels/README.md). Both backends keep, per norm, the
+# normalised values and 1/sqrt(var + eps) of every row for backward:
+#   params: (gain_ih, bias_ih, gain_hh, bias_hh, gain_c, bias_c), empty (0,) where off;
+#   hats: (hat_x, hat_h (T, B, G*H), hat_c (T, B, H)), empty (0, 0, 0) where off;
+#   rstds: (rstd_x, rstd_h, rstd_c), each (T, B), empty (0, 0) where off;
+#   consts: (eps, 1/(G*H), 1/H) in the dtype of x, so the compiled loops never promote to float64.
+
+def layer_norm_arrays(layer_norm, T, B, G, H, dtype, xp) -> tuple:
+    """(params, hats, rstds, consts) for a forward kernel from its ``layer_norm`` option (None, or
+    the gains and biases: 4, or 6 for a cell with a cell state); ``xp`` is the backend's module."""
+    empty1, empty2, empty3 = xp.zeros(0, dtype), xp.zeros((0, 0), dtype), xp.zeros((0, 0, 0), dtype)
+    consts = xp.asarray(np.array([LAYER_NORM_EPS, 1 / (G * H), 1 / H], dtype))
+    if layer_norm is None:
+        return (empty1,) * 6, (empty3,) * 3, (empty2,) * 3, consts
+    if len(layer_norm) not in (4, 6):
+        raise ValueError(f"layer_norm needs 4 arrays (gain_ih, bias_ih, gain_hh, bias_hh) or 6 (and gain_c, bias_c), "
+                         f"got {len(layer_norm)}")
+    params = tuple(xp.ascontiguousarray(p, dtype=dtype) for p in layer_norm) + (empty1, empty1)[: 6 - len(layer_norm)]
+    for p, n in zip(params, (G * H,) * 4 + (H,) * 2):
+        if p.shape[0] and p.shape != (n,):
+            raise ValueError(f"layer_norm: a gain or bias has shape {p.shape}, expected ({n},)")
+    with_c = params[4].shape[0] > 0
+    hats = (xp.empty((T, B, G * H), dtype), xp.empty((T, B, G * H), dtype),
+            xp.empty((T, B, H), dtype) if with_c else empty3)
+    rstds = (xp.empty((T, B), dtype), xp.empty((T, B), dtype), xp.empty((T, B), dtype) if with_c else empty2)
+    return params, hats, rstds, consts
+
+
+def layer_norm_grads(grads, computed) -> tuple:
+    """The gradients of the layer-norm gains and biases a backward kernel returns after the four
+    weight gradients: ``computed`` as they are, or added into ``grads``' entries past the fourth
+    (when the caller passed them)."""
+    extra = () if grads is None else tuple(grads[4:])
+    if not extra:
+        return tuple(computed)
+    for g, d in zip(extra, computed):
+        if g is not None:
+            g += d
+    return tuple(g if g is not None else d for g, d in zip(extra, computed))

@@ -207,6 +207,9 @@ def _check_exportable(model, lengths: bool) -> None:
         raise ExportError(f"the model was trained with zoneout={model.rnn.zoneout}, whose eval-mode mixing of old and "
                           "new states ONNX's recurrent operators cannot express; export a model trained without "
                           "--zoneout")
+    if model.rnn.layer_norm:
+        raise ExportError("the model was trained with --layer-norm, whose normalised pre-activations ONNX's "
+                          "LSTM/GRU/RNN operators have no place for; export a model trained without --layer-norm")
     if model.num_params() * 4 >= PROTOBUF_LIMIT:
         raise ExportError(f"the model's {model.num_params():,} float32 weights do not fit in one ONNX file (at most "
                           "2 GiB); export a smaller model")

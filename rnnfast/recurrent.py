@@ -33,6 +33,16 @@ with fresh draws per unit, step, sequence, layer and direction; eval mode uses t
 ``p*h_{t-1} + (1-p)*h'``, as haste does. The LSTM's ``tanh`` reads the cell's own ``c'``. Both run
 inside the kernels (the cell options of kernels/README.md), on both backends, with masks from the
 same streams; p = 0 leaves the layer as it is, bit for bit.
+
+``layer_norm=True`` (Ba et al. 2016, as haste's LayerNormLSTM/LayerNormGRU do it) normalises the
+input pre-activations ``W_ih x`` and the recurrent ones ``W_hh h`` separately, each over its G*H
+entries with its own gain and bias, before ``b_ih`` and ``b_hh`` are added; the LSTM also
+normalises ``c'`` (over H) where it enters the output ``tanh``, ``h' = o * tanh(LN_c(c'))``, ``c``
+itself staying ``c'``. Epsilon 1e-5, as torch.nn.LayerNorm. Its parameters, gains 1 and biases 0
+at init: ``layernorm_ih_l{k}.weight``, ``layernorm_ih_l{k}.bias`` (G*H,), ``layernorm_hh_l{k}.weight``,
+``.bias`` (G*H,) and, for the LSTM, ``layernorm_c_l{k}.weight``, ``.bias`` (H,); suffix ``_reverse``
+on the ``layernorm_*`` part for the backward direction (``layernorm_ih_l0_reverse.weight``).
+``layer_norm=False`` is the plain layer, bit for bit.
 """
 from __future__ import annotations
 
@@ -76,12 +86,22 @@ def _reverse(a, index, xp):
     return a[index, xp.arange(a.shape[1])[None, :]]
 
 
-def param_shapes(cell, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False) -> dict[str, tuple]:
+def layer_norm_names(cell, layer: int, suffix: str = "") -> tuple[str, ...]:
+    """The names of one layer and direction's layer-norm gains and biases, in the kernels' order
+    (gain_ih, bias_ih, gain_hh, bias_hh[, gain_c, bias_c]): ``layernorm_ih_l0.weight``, ...,
+    ``layernorm_c_l0_reverse.bias``."""
+    norms = ("ih", "hh", "c") if cell_named(cell).has_cell_state else ("ih", "hh")
+    return tuple(f"layernorm_{n}_l{layer}{suffix}.{p}" for n in norms for p in ("weight", "bias"))
+
+
+def param_shapes(cell, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+                 layer_norm=False) -> dict[str, tuple]:
     """Every parameter of a layer of ``cell`` (a name or kind of the cell table) by name, with its
     shape, in PyTorch's names, layout and order (``weight_ih_l0`` (G*H, I), ``weight_hh_l0`` (G*H, H),
-    ``bias_ih_l0``, ``bias_hh_l0`` (G*H,), suffix ``_reverse``), from the sizes alone: the layer
-    builds its parameters from it, and a checkpoint's tensors are checked against it before anything
-    is allocated."""
+    ``bias_ih_l0``, ``bias_hh_l0`` (G*H,), suffix ``_reverse``; with ``layer_norm`` each layer and
+    direction's :func:`layer_norm_names` after them, (G*H,) and the LSTM's c (H,)), from the sizes
+    alone: the layer builds its parameters from it, and a checkpoint's tensors are checked against
+    it before anything is allocated."""
     GH, D = cell_named(cell).num_gates * hidden_size, 2 if bidirectional else 1
     shapes = {}
     for layer in range(num_layers):
@@ -92,6 +112,9 @@ def param_shapes(cell, input_size, hidden_size, num_layers=1, bias=True, bidirec
             if bias:
                 shapes[f"bias_ih_l{layer}{suffix}"] = (GH,)
                 shapes[f"bias_hh_l{layer}{suffix}"] = (GH,)
+            if layer_norm:
+                for name, size in zip(layer_norm_names(cell, layer, suffix), (GH, GH, GH, GH, hidden_size, hidden_size)):
+                    shapes[name] = (size,)
     return shapes
 
 
@@ -116,7 +139,7 @@ class _Recurrent(Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, dtype=np.float32, seed=None, nonlinearity=None,
-                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0):
+                 weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0, layer_norm=False):
         super().__init__()
         if nonlinearity is not None and self.cell != "rnn":
             raise TypeError(f"{type(self).__name__} has no nonlinearity option")
@@ -129,6 +152,8 @@ class _Recurrent(Module):
         for name, p in (("weight_drop", weight_drop), ("recurrent_dropout", recurrent_dropout)):
             if not 0.0 <= float(p) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+        if not isinstance(layer_norm, (bool, np.bool_)):
+            raise TypeError(f"layer_norm must be True or False, got {layer_norm!r}")
         choices = [c.activation for c in CELLS.values() if c.kind == "rnn"]
         if nonlinearity not in choices:
             raise ValueError(f"nonlinearity must be one of {', '.join(map(repr, choices))}, got {nonlinearity!r}")
@@ -136,6 +161,7 @@ class _Recurrent(Module):
         self.bias, self.batch_first, self.dropout = bool(bias), bool(batch_first), float(dropout)
         self.bidirectional, self.nonlinearity = bool(bidirectional), nonlinearity
         self.weight_drop, self.recurrent_dropout = float(weight_drop), float(recurrent_dropout)
+        self.layer_norm = bool(layer_norm)
         self.spec = cell_named(self.cell, nonlinearity)
         self.zoneout = _zoneout_fractions(zoneout, self.spec.state)
         self.num_directions = 2 if bidirectional else 1
@@ -145,8 +171,11 @@ class _Recurrent(Module):
         self.dropout_stream = 0
         k = 1.0 / np.sqrt(self.hidden_size)
         for name, shape in param_shapes(self.spec.name, self.input_size, self.hidden_size, self.num_layers, self.bias,
-                                        self.bidirectional).items():
-            self.add_param(name, rng.uniform(-k, k, shape).astype(self.dtype))
+                                        self.bidirectional, self.layer_norm).items():
+            if name.startswith("layernorm_"):  # gains 1, biases 0, as torch.nn.LayerNorm; no draw
+                self.add_param(name, np.full(shape, name.endswith(".weight"), self.dtype))
+            else:
+                self.add_param(name, rng.uniform(-k, k, shape).astype(self.dtype))
         self._cache = None
 
     @property
@@ -218,11 +247,14 @@ class _Recurrent(Module):
         return host.astype(np.int64)
 
     # -- kernels --------------------------------------------------------------------------------
-    def cell_options(self, T, B, xp) -> dict:
+    def cell_options(self, T, B, xp, layer=0, direction=0) -> dict:
         """The cell options for one kernel call of a layer and direction (kernels/README.md): the
         recurrent-dropout mask and zoneout's fractions, drawn from the dropout streams in training
-        (each draw advances the stream), zoneout's constant expectation in eval; {} when all are off."""
+        (each draw advances the stream), zoneout's constant expectation in eval, and the layer's
+        layer-norm gains and biases; {} when all are off."""
         options, H = {}, self.hidden_size
+        if self.layer_norm:
+            options["layer_norm"] = tuple(self._params[n] for n in self._layer_norm_names(layer, direction))
         if self.training and self.recurrent_dropout > 0:
             options["h_mask"] = dropout_mask((B, H), self.recurrent_dropout, self.dropout_seed, self.dropout_stream, xp,
                                              self.dtype, self.draw_rows(0))
@@ -250,6 +282,9 @@ class _Recurrent(Module):
             return w_ih, w_hh, p[f"bias_ih_l{layer}{suffix}"], p[f"bias_hh_l{layer}{suffix}"]
         zeros = xp.zeros(self.gates * self.hidden_size, self.dtype)
         return w_ih, w_hh, zeros, zeros
+
+    def _layer_norm_names(self, layer, direction):
+        return layer_norm_names(self.spec.name, layer, self._suffixes[direction])
 
     def zero_state(self, batch_size: int, xp=np) -> tuple:
         """The initial state as the kernels take it: a tuple of (D*L, B, H) zero arrays, one per
@@ -296,7 +331,7 @@ class _Recurrent(Module):
                     w_hh = w_hh * weight_mask
                 weight_masks.append(weight_mask)
                 y_d, final, cache = forward(inp, tuple(s[idx] for s in state), (w_ih, w_hh, b_ih, b_hh), lengths_dev,
-                                            **self.cell_options(T, B, xp))
+                                            **self.cell_options(T, B, xp, layer, d))
                 outs.append(y_d if d == 0 else _reverse(y_d, rev, xp))
                 caches.append(cache)
                 for acc, f in zip(finals, final):
@@ -341,6 +376,8 @@ class _Recurrent(Module):
                 dfinal = tuple(None if s is None else s[idx] for s in dstate)
                 grads = tuple(self._grads.get(f"{name}_l{layer}{suffix}")
                               for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                if self.layer_norm:
+                    grads += tuple(self._grads[n] for n in self._layer_norm_names(layer, d))
                 weight_mask = weight_masks[idx]
                 if weight_mask is not None:
                     # the kernels add into the buffers, so dW_hh_eff goes to a temporary and only
@@ -373,7 +410,8 @@ class _Recurrent(Module):
         zoneout = self.zoneout if len(set(self.zoneout)) > 1 else self.zoneout[0]
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
                 f", bidirectional={self.bidirectional}, dropout={self.dropout}, weight_drop={self.weight_drop}"
-                f", recurrent_dropout={self.recurrent_dropout}, zoneout={zoneout}{extra}, dtype={self.dtype.name})")
+                f", recurrent_dropout={self.recurrent_dropout}, zoneout={zoneout}, layer_norm={self.layer_norm}{extra}"
+                f", dtype={self.dtype.name})")
 
 
 class RNN(_Recurrent):
@@ -412,13 +450,19 @@ class _Cell(Module):
         self._layer = self.layer_class(input_size, hidden_size, bias=bias, dtype=dtype, seed=seed, **kwargs)
         self.input_size, self.hidden_size, self.dtype = input_size, hidden_size, self._layer.dtype
         for name in list(self._layer._params):
-            self._params[name[: -len("_l0")]] = self._layer._params[name]
-            self._grads[name[: -len("_l0")]] = self._layer._grads[name]
+            self._params[self._own_name(name)] = self._layer._params[name]
+            self._grads[self._own_name(name)] = self._layer._grads[name]
+
+    @staticmethod
+    def _own_name(name):
+        """The layer's ``weight_ih_l0`` as PyTorch's cells name it, ``weight_ih`` (and
+        ``layernorm_ih_l0.weight`` as ``layernorm_ih.weight``)."""
+        return name.replace("_l0", "", 1)
 
     def _on_move(self, device):
         for name in list(self._layer._params):
-            self._layer._params[name] = self._params[name[: -len("_l0")]]
-            self._layer._grads[name] = self._grads[name[: -len("_l0")]]
+            self._layer._params[name] = self._params[self._own_name(name)]
+            self._layer._grads[name] = self._grads[self._own_name(name)]
 
     def forward(self, x, state=None):
         """x: (B, I); state: h (B, H), or (h, c) for LSTMCell. Returns the new state."""

@@ -222,7 +222,7 @@ def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, c
                 dropout: float = 0.0, dtype=np.float32, seed: int | None = None, bidirectional: bool = False,
                 horizon: int = 1, **options):
     """The task's model for ``td``, freshly initialised (the seed fixes every weight); ``options``:
-    the recurrent layer's regularisers (weight_drop, recurrent_dropout, zoneout)."""
+    the recurrent layer's regularisers and layer norm (weight_drop, recurrent_dropout, zoneout, layer_norm)."""
     common = dict(hidden_size=hidden_size, num_layers=num_layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
                   seed=seed, **options)
     if task == "charlm":

@@ -34,6 +34,8 @@ TOLERANCE = {np.dtype(np.float64): 1e-10, np.dtype(np.float32): 1e-5}
 KERNEL_SHAPES = [(5, 3, 4, 6), (1, 1, 3, 4), (6, 1, 2, 3), (7, 5, 6, 40), (5, 3, 4, 300), (4, 70, 8, 64)]
 DEVICES = ("cpu", "gpu")
 WEIGHT_NAMES = ("w_ih", "w_hh", "b_ih", "b_hh")
+# the layer-norm option's gains and biases, in its order (the last two for a cell with a cell state)
+LAYER_NORM_NAMES = ("gain_ih", "bias_ih", "gain_hh", "bias_hh", "gain_c", "bias_c")
 
 
 # -- cases ------------------------------------------------------------------------------------
@@ -50,7 +52,7 @@ class Case:
     lengths: np.ndarray | None
     dy: np.ndarray
     dstate: tuple
-    options: dict = field(default_factory=dict)  # the kernel's cell options (h_mask, zone), as keywords
+    options: dict = field(default_factory=dict)  # the kernel's cell options (h_mask, zone, layer_norm), as keywords
 
     @property
     def dtype(self):
@@ -70,7 +72,7 @@ def map_options(options, f):
             for k, v in options.items()}
 
 
-OPTIONS = ("recurrent_dropout", "zoneout", "zoneout_eval")
+OPTIONS = ("recurrent_dropout", "zoneout", "zoneout_eval", "layer_norm")
 
 
 def make_case(cell, shape, dtype=np.float64, lengths=False, dstate=True, seed=0, options=()) -> Case:
@@ -79,7 +81,8 @@ def make_case(cell, shape, dtype=np.float64, lengths=False, dstate=True, seed=0,
     False for none, True for random ones in 1..T (the first sequence full), or the array itself;
     ``dstate``: False for all None. ``options``: names from :data:`OPTIONS`, the cell options the
     kernels get: a recurrent-dropout mask (p = 0.3), zoneout's 0/1 draws (p = 0.4, every state
-    part), or zoneout's eval-mode constant fractions (0.3, and 0.6 for the LSTM's c)."""
+    part), zoneout's eval-mode constant fractions (0.3, and 0.6 for the LSTM's c), or layer
+    norm's gains (1 + 0.3 N(0, 1)) and biases (0.2 N(0, 1)), not their init, so that both bite."""
     T, B, I, H = shape
     spec = cell_named(cell)
     rng = np.random.default_rng(seed)
@@ -111,15 +114,27 @@ def make_case(cell, shape, dtype=np.float64, lengths=False, dstate=True, seed=0,
             kernel_options["zone"] = tuple((rng.uniform(size=(T, B, H)) < 0.4).astype(dtype) for _ in spec.state)
         elif name == "zoneout_eval":
             kernel_options["zone"] = tuple(np.full((T, B, H), p, dtype) for p in (0.3, 0.6)[:len(spec.state)])
+        elif name == "layer_norm":
+            sizes = (GH, GH, H)[:len(layer_norm_names(cell)) // 2]
+            kernel_options["layer_norm"] = tuple(a.astype(dtype) for n in sizes
+                                                 for a in (1 + 0.3 * rng.standard_normal(n), 0.2 * rng.standard_normal(n)))
         else:
             raise ValueError(f"unknown option {name!r}; use one of {', '.join(OPTIONS)}")
     return Case(spec.name, x, state, weights, lengths, dy, d_state, kernel_options)
 
 
-def output_names(cell):
-    """The names :func:`run_kernels` gives a kernel's outputs and gradients, in contract order."""
+def layer_norm_names(cell):
+    """The names of ``cell``'s layer-norm gains and biases, in the option's order."""
+    return LAYER_NORM_NAMES[: 6 if cell_named(cell).has_cell_state else 4]
+
+
+def output_names(cell, layer_norm=False):
+    """The names :func:`run_kernels` gives a kernel's outputs and gradients, in contract order
+    (with ``layer_norm``, the gradients of its gains and biases last)."""
     parts = cell_named(cell).state
-    return ["y", *(f"{p}T" for p in parts), "dx", *(f"d{p}0" for p in parts), *(f"d{w}" for w in WEIGHT_NAMES)]
+    norms = layer_norm_names(cell) if layer_norm else ()
+    return ["y", *(f"{p}T" for p in parts), "dx", *(f"d{p}0" for p in parts),
+            *(f"d{w}" for w in WEIGHT_NAMES + norms)]
 
 
 # -- devices ------------------------------------------------------------------------------------
@@ -180,7 +195,8 @@ def run_kernels(dev, case, grads=None):
         moved = [name for name, s, d in zip(WEIGHT_NAMES, start, dweights) if s is not None and d is not s]
         assert not moved, f"{dev.name} {case.cell}: backward returned new arrays for {moved}, not the grads given"
     return {name: None if a is None else dev.host(a)
-            for name, a in zip(output_names(case.cell), (y, *final, dx, *dstate0, *dweights))}
+            for name, a in zip(output_names(case.cell, "layer_norm" in case.options),
+                               (y, *final, dx, *dstate0, *dweights), strict=True)}
 
 
 def rel_err(ours, ref) -> float:

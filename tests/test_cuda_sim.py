@@ -26,6 +26,10 @@ CASES = [
 CASES += [(cell, "float64", True, options) for cell in ("rnn_tanh", "rnn_relu", "gru", "lstm")
           for options in ("recurrent_dropout+zoneout", "zoneout_eval")]
 CASES += [("lstm", "float32", True, "recurrent_dropout+zoneout"), ("gru", "float64", False, "recurrent_dropout")]
+# layer norm (the recurrent side's and the LSTM's c norm are the kernels'; the input side's is array code)
+CASES += [(cell, "float64", lengths, options) for cell in ("rnn_tanh", "gru", "lstm")
+          for lengths, options in ((True, "layer_norm"), (False, "layer_norm+recurrent_dropout+zoneout"))]
+CASES += [("lstm", "float32", True, "layer_norm+zoneout"), ("rnn_relu", "float64", True, "layer_norm+zoneout_eval")]
 TOLERANCE = {"float64": 1e-12, "float32": 1e-5}
 
 CHILD = """

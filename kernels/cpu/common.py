@@ -199,3 +199,129 @@ def options_probe(dtype, parts):
     typed as the backward kernels pass them: the warm-up probes compile the loop with these."""
     empty2, empty3 = np.zeros((0, 0), dtype), np.zeros((0, 0, 0), dtype)
     return empty2, (empty3,) * parts, empty2, (empty2,) * parts, empty2
+
+
+# -- layer norm (kernels/cells.py's layer_norm_arrays) -------------------------------------------
+@njit(inline="always", fastmath=True, error_model="numpy")
+def normalise_row(v, gain, bias, out, hat, eps, inv_n):
+    """hat (N,) = (v - mean(v)) / sqrt(var(v) + eps) over v's N entries, out = gain * hat + bias
+    (out may be v); inv_n: 1/N. Returns 1/sqrt(var + eps), what backward needs besides hat."""
+    mean = v[0] * 0
+    for j in range(v.shape[0]):
+        mean += v[j]
+    mean *= inv_n
+    var = mean * 0
+    for j in range(v.shape[0]):
+        d = v[j] - mean
+        var += d * d
+    rstd = (eps * 0 + 1) / np.sqrt(var * inv_n + eps)
+    for j in range(v.shape[0]):
+        hat[j] = (v[j] - mean) * rstd
+    for j in range(v.shape[0]):
+        out[j] = gain[j] * hat[j] + bias[j]
+    return rstd
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def normalise_row_backward(dout, hat, rstd, gain, dv, inv_n):
+    """dv (N,): the gradient of v through :func:`normalise_row` given dout, that of its out (dv
+    may be dout): rstd * (gain*dout - mean(gain*dout) - hat * mean(gain*dout*hat))."""
+    s1 = dout[0] * 0
+    s2 = s1
+    for j in range(dout.shape[0]):
+        g = gain[j] * dout[j]
+        s1 += g
+        s2 += g * hat[j]
+    s1 *= inv_n
+    s2 *= inv_n
+    for j in range(dout.shape[0]):
+        dv[j] = rstd * (gain[j] * dout[j] - s1 - hat[j] * s2)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def normalise_rows(v, gain, bias, hat, rstd, consts):
+    """Every row of v (M, N) through :func:`normalise_row` in place; hat: (M, N), rstd: (M,).
+    The input side's norm, on the whole projection at once outside the time loop."""
+    for r in range(v.shape[0]):
+        rstd[r] = normalise_row(v[r], gain, bias, v[r], hat[r], consts[0], consts[1])
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def normalise_rows_backward(dout, hat, rstd, gain, dv, consts):
+    """Every row of dout (M, N) back through :func:`normalise_rows` into dv (M, N)."""
+    for r in range(dout.shape[0]):
+        normalise_row_backward(dout[r], hat[r], rstd[r], gain, dv[r], consts[1])
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def normalise_recurrent(hw, t, b0, norm_hh):
+    """Rows b0:b0+len(hw) of step t's a W_hh^T (hw, in place) through the recurrent side's norm.
+    norm_hh: (gain_hh, bias_hh, hat_h, rstd_h, consts)."""
+    gain, bias, hat, rstd, consts = norm_hh
+    for r in range(hw.shape[0]):
+        rstd[t, b0 + r] = normalise_row(hw[r], gain, bias, hw[r], hat[t, b0 + r], consts[0], consts[1])
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def recurrent_gemm_forward(a_t, w_hh_t, out_t, hw, t, b0, norm_hh, core):
+    """out_t += a_t @ W_hh^T for the rows of one block, through the recurrent side's layer norm
+    when it is on (norm_hh's hat_h is not empty): then the product goes to the (rows, G*H)
+    scratch hw, is normalised there and added."""
+    if norm_hh[2].shape[0] == 0:
+        gemm_packed_serial(a_t, w_hh_t, out_t, True, core)
+        return
+    gemm_packed_serial(a_t, w_hh_t, hw, False, core)
+    normalise_recurrent(hw, t, b0, norm_hh)
+    for r in range(hw.shape[0]):
+        out_row, hw_row = out_t[r], hw[r]
+        for j in range(out_row.shape[0]):
+            out_row[j] += hw_row[j]
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def recurrent_grads(dgates_t, t, b0, norm_hh_grads):
+    """The gradient of step t's a W_hh^T for rows b0:b0+len(dgates_t): the recurrent side's gate
+    gradients dgates_t themselves, or with layer norm those taken back through it into dhw[t],
+    which then keeps them for dW_hh. norm_hh_grads: (gain_hh, hat_h, rstd_h, dhw, consts)."""
+    gain, hat, rstd, dhw, consts = norm_hh_grads
+    if hat.shape[0] == 0:
+        return dgates_t
+    for r in range(dgates_t.shape[0]):
+        normalise_row_backward(dgates_t[r], hat[t, b0 + r], rstd[t, b0 + r], gain, dhw[t, b0 + r], consts[1])
+    return dhw[t, b0:b0 + dgates_t.shape[0]]
+
+
+def norm_scratch(hats, B, GH, dtype):
+    """(B, G*H) scratch for the recurrent product a forward loop normalises, or empty without layer norm."""
+    return np.empty((B, GH), dtype) if hats[1].shape[0] else np.zeros((0, 0), dtype)
+
+
+def norm_input_forward(g2, params, hats, rstds, consts):
+    """The input side's norm on the whole projection g2: (T*B, G*H), in place (when it is on)."""
+    if hats[0].shape[0]:
+        T, B = hats[0].shape[:2]
+        normalise_rows(g2, params[0], params[1], hats[0].reshape(T * B, -1), rstds[0].reshape(T * B), consts)
+
+
+def norm_input_backward(dg2, params, hats, rstds, consts):
+    """(the gradient of x W_ih^T for all steps from the input side's gate gradients dg2: (T*B, G*H),
+    dgain_ih, dbias_ih): dg2 itself and nothing without layer norm."""
+    if not hats[0].shape[0]:
+        return dg2, ()
+    T, B = hats[0].shape[:2]
+    hat = hats[0].reshape(T * B, -1)
+    dxw = np.empty_like(dg2)
+    normalise_rows_backward(dg2, hat, rstds[0].reshape(T * B), params[0], dxw, consts)
+    return dxw, (np.einsum("ij,ij->j", dg2, hat), dg2.sum(axis=0))
+
+
+def norm_recurrent_param_grads(dgh2, hats):
+    """(dgain_hh, dbias_hh) from the recurrent side's gate gradients of all steps, dgh2: (T*B, G*H)."""
+    T, B = hats[1].shape[:2]
+    return np.einsum("ij,ij->j", dgh2, hats[1].reshape(T * B, -1)), dgh2.sum(axis=0)
+
+
+def norm_grads_probe(dtype):
+    """The recurrent side's layer-norm arguments of a backward loop, off, as the kernels pass them."""
+    return (np.zeros(0, dtype), np.zeros((0, 0, 0), dtype), np.zeros((0, 0), dtype), np.zeros((0, 0, 0), dtype),
+            np.zeros(3, dtype))

@@ -10,16 +10,22 @@ gate gradients, which differ only in n (by the factor r): backward keeps one (T,
 turns the one into the other in place between their GEMMs.
 Steps at or past a sequence's length carry the state unchanged and output zeros.
 
+With layer norm (``layer_norm=(gain_ih, bias_ih, gain_hh, bias_hh)``) W_ih x and W_hh h are each
+normalised over their 3H entries before b_ih and b_hh: n = tanh(LN_ih(W_ih x)_n + b_in + r *
+(LN_hh(W_hh h)_n + b_hn)). LN_ih runs on the whole projection before the loop, LN_hh on each
+step's product in its scratch; backward takes each gradient back through them.
+
 The specification is kernels/cpu/reference.py (gru_step, gru_step_backward);
 tests/test_reference.py holds these kernels to it. They follow the contract in kernels/README.md.
 """
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import cell_options, state_grads
+from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, options_forward,
-    options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_grads_probe,
+    norm_input_backward, norm_input_forward, norm_recurrent_param_grads, normalise_recurrent, options_forward,
+    options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -60,26 +66,29 @@ def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one,
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved):
+def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved, norm_hh):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 3H) hold W_i x + b_i on entry; hw: (B, 3H) scratch for
-    W_hh h of the current step; a, mask, zones, saved: the cell options (cells.cell_options)."""
+    W_hh h of the current step; a, mask, zones, saved: the cell options (cells.cell_options);
+    norm_hh: (gain_hh, bias_hh, hat_h, rstd_h, consts), layer norm's (empty without it)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0]):
         gemm_packed_serial(a[t, b0:b1], w_hh_t, hw[b0:b1], False, core)
+        if norm_hh[2].shape[0] > 0:
+            normalise_recurrent(hw[b0:b1], t, b0, norm_hh)
         _forward_step(gates[t, b0:b1], hn[t, b0:b1], hw[b0:b1], b_hh, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1],
                       t, lengths[b0:b1], one, zero)
         options_forward(t, b0, b1, lengths, y, (h,), a, mask, zones, saved, one)
 
 
-def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
+def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None):
     """One GRU layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (3H, I), w_hh (3H, H), b_ih (3H,),
     b_hh (3H,)); lengths: (B,) ints in 1..T or None; h_mask: (B, H) recurrent-dropout mask or None;
-    zone: None or (zone_h,), (T, B, H) or None (zoneout). Returns y: (T, B, H), the final state
-    (hT,) and the cache.
+    zone: None or (zone_h,), (T, B, H) or None (zoneout); layer_norm: None or (gain_ih, bias_ih,
+    gain_hh, bias_hh), each (3H,). Returns y: (T, B, H), the final state (hT,) and the cache.
     """
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -92,12 +101,15 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     hn = np.empty((T, B, H), dtype=x.dtype)  # W_hn h + b_hn
     g2 = gates.reshape(T * B, 3 * H)
     gemm(x.reshape(T * B, I), w_ih.T, g2, False)
+    norms = params, hats, rstds, consts = layer_norm_arrays(layer_norm, T, B, 3, H, x.dtype, np)
+    norm_input_forward(g2, params, hats, rstds, consts)
     g2 += b_ih
     h[0] = h0
     hw = np.empty((B, 3 * H), dtype=x.dtype)
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), np)  # backward reads gates, not h'
-    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved)
-    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones)
+    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved,
+             (params[2], params[3], hats[1], rstds[1], consts))
+    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms)
     return y, (h[T].copy(),), cache
 
 
@@ -139,11 +151,12 @@ def _backward_step(dgates_x_t, dgates_h_t, dy_t, dh, gates_t, hn_t, h_prev, t, l
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, dgates_h, mask, zones, dy_step, keeps,
-                   dgemm):
+                   dgemm, norm_hh):
     """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh: (B, H) enters as dhT
     and leaves as dh0; fills dgates: (T, B, 3H) with the input side's gate gradients; dgates_h:
     (B, 3H) scratch for the recurrent side's of the current step; mask, zones, dy_step, keeps,
-    dgemm: the cell options and their scratch (common.grad_scratch)."""
+    dgemm: the cell options and their scratch (common.grad_scratch); norm_hh: (gain_hh, hat_h,
+    rstd_h, dhw (T, B, 3H), consts), layer norm's (empty without it)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
@@ -151,7 +164,8 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, 
         _backward_step(dgates[t, b0:b1], dgates_h[b0:b1], dy_t, dh[b0:b1], gates[t, b0:b1], hn[t, b0:b1],
                        h[t, b0:b1], t, lengths[b0:b1], one, zero)
         # zero where a row has ended
-        recurrent_gemm_backward(dgates_h[b0:b1], w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
+        dhw_t = recurrent_grads(dgates_h[b0:b1], t, b0, norm_hh)
+        recurrent_gemm_backward(dhw_t, w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
         zoneout_add(b0, b1, (dh,), zones, keeps)
 
 
@@ -159,10 +173,11 @@ def gru_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`gru_forward`.
 
     dy: (T, B, H); dstate: (dhT,) with dhT (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
-    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0,) and (dw_ih (3H, I),
-    dw_hh (3H, H), db_ih, db_hh (3H,)) (with ``grads``: those arrays, added into).
+    db_hh) to add into (db_* may be None), then under layer norm its four gradients. Returns dx:
+    (T, B, I), (dh0,) and (dw_ih (3H, I), dw_hh (3H, H), db_ih, db_hh (3H,)), then under layer norm
+    (dgain_ih, dbias_ih, dgain_hh, dbias_hh) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones = cache
+    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, (params, hats, rstds, consts) = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
@@ -170,18 +185,24 @@ def gru_backward(dy, dstate, cache, grads=None):
     dgates = np.empty((T, B, 3 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     dy_step, keeps, dgemm = grad_scratch(B, H, x.dtype, mask, zones)
+    normed = hats[1].shape[0] > 0
+    dhw = np.empty_like(dgates) if normed else hats[1]  # the gradients of a W_hh^T, kept for dW_hh
     run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, gates, hn, dgates, np.empty((B, 3 * H), x.dtype), mask,
-             zones, dy_step, keeps, dgemm)
+             zones, dy_step, keeps, dgemm, (params[2], hats[1], rstds[1], dhw, consts))
     # dx, dW_ih, db_ih from the input side's gate gradients; then dgates becomes the recurrent
     # side's in place (they differ only in n, by the factor r), so one (T, B, 3H) array serves both
     dg2 = dgates.reshape(T * B, 3 * H)
+    dxw, dnorm_ih = norm_input_backward(dg2, params, hats, rstds, consts)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
+    gemm(dxw, w_ih, dx.reshape(T * B, I), False)
+    gemm(dxw.T, x.reshape(T * B, I), dw_ih, accumulate)
     db_ih = dg2.sum(axis=0)
     dg2[:, 2 * H:] *= gates.reshape(T * B, 3 * H)[:, :H]  # dn -> dn * r
-    gemm(dg2.T, a[:T].reshape(T * B, H), dw_hh, accumulate)
-    return dx, (dh,), (dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))
+    gemm((dhw.reshape(T * B, 3 * H) if normed else dg2).T, a[:T].reshape(T * B, H), dw_hh, accumulate)
+    dweights = (dw_ih, dw_hh, *bias_grads(grads, db_ih, dg2.sum(axis=0)))
+    if not normed:
+        return dx, (dh,), dweights
+    return dx, (dh,), dweights + layer_norm_grads(grads, (*dnorm_ih, *norm_recurrent_param_grads(dg2, hats)))
 
 
 def backward_probe(dtype):
@@ -190,5 +211,5 @@ def backward_probe(dtype):
     a2, h = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
     g3, n3 = np.zeros((0, 1, 3), dtype), np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, a2, np.zeros(1, np.int64), h,
-                            g3, n3, g3, np.zeros((1, 3), dtype), *options_probe(dtype, 1))
+                            g3, n3, g3, np.zeros((1, 3), dtype), *options_probe(dtype, 1), norm_grads_probe(dtype))
 

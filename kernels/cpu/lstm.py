@@ -6,6 +6,11 @@ Gate order i, f, g, o (PyTorch's)::
     g = tanh(W_ig x + b_ig + W_hg h + b_hg)        o = sigmoid(W_io x + ... )
     c' = f * c + i * g                             h' = o * tanh(c')
 
+With layer norm (``layer_norm=(gain_ih, bias_ih, gain_hh, bias_hh, gain_c, bias_c)``) the two
+projections are normalised separately before the biases, LN_ih(W_ih x) + LN_hh(W_hh h) + b, and
+h' = o * tanh(LN_c(c')); c stays c'. LN_ih runs on the whole projection before the loop, LN_hh in
+each step after its GEMM, LN_c in the pointwise step; backward mirrors each.
+
 The input projection for all T steps is one GEMM before the loop; inside the loop each step is a
 recurrent GEMM (``h @ W_hh^T``) plus one fused pointwise pass. Backward mirrors it: a fused
 pointwise pass and one recurrent GEMM per step, then ``dx``, ``dw_ih``, ``dw_hh`` as single GEMMs.
@@ -17,10 +22,12 @@ tests/test_reference.py holds these kernels to it. They follow the contract in k
 import numpy as np
 from numba import njit
 
-from rnnfast.kernels.cells import cell_options, state_grads
+from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, options_forward,
-    options_probe, prepare, recurrent_gemm_backward, run_rows, weight_grads, zoneout_add, zoneout_grads)
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_grads_probe,
+    norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, normalise_row,
+    normalise_row_backward, options_forward, options_probe, prepare, recurrent_gemm_backward, recurrent_gemm_forward,
+    recurrent_grads, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -34,7 +41,16 @@ def forward_point(g_row, bias, c_prev_row, c_row, h_row):
     vectorises a loop only when it can rule out negative indices and overlapping arrays with
     few runtime checks. Written with offsets into the row (g_row[2 * H + j]) the same loops
     stayed scalar: 4.7 ns per unit at B=32, H=512 against 1.0 ns like this."""
-    H = h_row.shape[0]
+    cell_point(g_row, bias, c_prev_row, c_row)
+    g_o = g_row[3 * h_row.shape[0]:]
+    for j in range(h_row.shape[0]):
+        h_row[j] = g_o[j] * tanh(c_row[j])
+
+
+@njit(inline="always", fastmath=True, error_model="numpy")
+def cell_point(g_row, bias, c_prev_row, c_row):
+    """:func:`forward_point` up to c': the gates and c_row, not h."""
+    H = c_row.shape[0]
     b_i, b_f, b_g, b_o = bias[:H], bias[H:2 * H], bias[2 * H:3 * H], bias[3 * H:]
     g_i, g_f, g_g, g_o = g_row[:H], g_row[H:2 * H], g_row[2 * H:3 * H], g_row[3 * H:]
     for j in range(H):
@@ -47,16 +63,24 @@ def forward_point(g_row, bias, c_prev_row, c_row, h_row):
         g_o[j] = sigmoid(g_o[j] + b_o[j])
     for j in range(H):
         c_row[j] = g_f[j] * c_prev_row[j] + g_i[j] * g_g[j]
-    for j in range(H):
-        h_row[j] = g_o[j] * tanh(c_row[j])
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths, zero):
-    B = c_prev.shape[0]
+def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, b0, lengths, norm_c, zero):
+    # norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), hat_c empty without layer norm; then
+    # h' = o * tanh(LN_c(c')), LN_c(c') going through h_row on its way.
+    gain, bias_c, hat, rstd, consts = norm_c
+    B, H = c_prev.shape
     for b in range(B):
         if t < lengths[b]:
-            forward_point(gates_t[b], bias, c_prev[b], c_next[b], h_next[b])
+            if hat.shape[0] == 0:
+                forward_point(gates_t[b], bias, c_prev[b], c_next[b], h_next[b])
+            else:
+                cell_point(gates_t[b], bias, c_prev[b], c_next[b])
+                h_row, g_o = h_next[b], gates_t[b, 3 * H:]
+                rstd[t, b0 + b] = normalise_row(c_next[b], gain, bias_c, h_row, hat[t, b0 + b], consts[0], consts[2])
+                for j in range(H):
+                    h_row[j] = g_o[j] * tanh(h_row[j])
             copy_row(y_t[b], h_next[b])
         else:
             copy_row(c_next[b], c_prev[b])
@@ -66,25 +90,28 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, lengths
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, zones, saved):
+def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, zones, saved, hw, norm_hh, norm_c):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry; a, mask, zones,
-    saved: the cell options (cells.cell_options)."""
+    saved: the cell options (cells.cell_options); hw: (B, 4H) scratch, norm_hh: (gain_hh, bias_hh,
+    hat_h, rstd_h, consts) and norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), layer norm's
+    (cells.layer_norm_arrays; empty without it)."""
     zero = h[0, 0, 0] * 0
     for t in range(gates.shape[0]):
-        gemm_packed_serial(a[t, b0:b1], w_hh_t, gates[t, b0:b1], True, core)
+        recurrent_gemm_forward(a[t, b0:b1], w_hh_t, gates[t, b0:b1], hw[b0:b1], t, b0, norm_hh, core)
         _forward_step(gates[t, b0:b1], bias, c[t, b0:b1], h[t, b0:b1], c[t + 1, b0:b1], h[t + 1, b0:b1],
-                      y[t, b0:b1], t, lengths[b0:b1], zero)
+                      y[t, b0:b1], t, b0, lengths[b0:b1], norm_c, zero)
         options_forward(t, b0, b1, lengths, y, (h, c), a, mask, zones, saved, zero + 1)
 
 
-def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
+def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None):
     """One LSTM layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0, c0), each (B, H); weights: (w_ih (4H, I), w_hh (4H, H), b_ih (4H,),
     b_hh (4H,)); lengths: (B,) ints in 1..T or None; h_mask: (B, H) recurrent-dropout mask or
-    None; zone: None or (zone_h, zone_c), each (T, B, H) or None (zoneout). Returns y: (T, B, H),
-    the final state (hT, cT) and the cache.
+    None; zone: None or (zone_h, zone_c), each (T, B, H) or None (zoneout); layer_norm: None or
+    (gain_ih, bias_ih, gain_hh, bias_hh (4H,), gain_c, bias_c (H,)). Returns y: (T, B, H), the
+    final state (hT, cT) and the cache.
     """
     (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -96,18 +123,25 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     c = np.empty((T + 1, B, H), dtype=x.dtype)
     gates = np.empty((T, B, 4 * H), dtype=x.dtype)  # post-activation i, f, g, o
     gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
+    norms = params, hats, rstds, consts = layer_norm_arrays(layer_norm, T, B, 4, H, x.dtype, np)
+    norm_input_forward(gates.reshape(T * B, 4 * H), params, hats, rstds, consts)
     h[0] = h0
     c[0] = c0
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False, True), np)
-    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, zones, saved)
-    cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c)
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, zones, saved,
+             norm_scratch(hats, B, 4 * H, x.dtype), (params[2], params[3], hats[1], rstds[1], consts),
+             (params[4], params[5], hats[2], rstds[2], consts))
+    cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c, norms)
     return y, (h[T].copy(), c[T].copy()), cache
 
 
 @njit(inline="always", fastmath=True, error_model="numpy")
-def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, one, zero):
+def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, b0, lengths, norm_c, one, zero):
     # Gate views and short loops, as in _forward_step: the first pass takes the gradient through
-    # h' = o * tanh(c') into dc, the others through c' = f * c + i * g.
+    # h' = o * tanh(c') into dc, the others through c' = f * c + i * g. With layer norm (norm_c:
+    # gain_c, bias_c, hat_c, rstd_c, dgain_c and dbias_c per row (B, H), consts) tanh reads
+    # LN_c(c') and its gradient goes back through the norm, parked in d_i until dc is complete.
+    gain, bias_c, hat, rstd, dgain, dbias, consts = norm_c
     B, H = dh.shape
     for b in range(B):
         dg_row = dgates_t[b]
@@ -116,12 +150,27 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, 
             g_i, g_f, g_g, g_o = g_row[:H], g_row[H:2 * H], g_row[2 * H:3 * H], g_row[3 * H:]
             d_i, d_f, d_g, d_o = dg_row[:H], dg_row[H:2 * H], dg_row[2 * H:3 * H], dg_row[3 * H:]
             dc_row, dh_row, dy_row, c_next_row, c_prev_row = dc[b], dh[b], dy_t[b], c_next[b], c_prev[b]
-            for j in range(H):
-                o = g_o[j]
-                dh_j = dh_row[j] + dy_row[j]
-                tanh_c = tanh(c_next_row[j])
-                dc_row[j] += dh_j * o * (one - tanh_c * tanh_c)
-                d_o[j] = dh_j * tanh_c * o * (one - o)
+            if hat.shape[0] == 0:
+                for j in range(H):
+                    o = g_o[j]
+                    dh_j = dh_row[j] + dy_row[j]
+                    tanh_c = tanh(c_next_row[j])
+                    dc_row[j] += dh_j * o * (one - tanh_c * tanh_c)
+                    d_o[j] = dh_j * tanh_c * o * (one - o)
+            else:
+                hat_row, dgain_row, dbias_row = hat[t, b0 + b], dgain[b0 + b], dbias[b0 + b]
+                for j in range(H):
+                    o = g_o[j]
+                    dh_j = dh_row[j] + dy_row[j]
+                    tanh_c = tanh(gain[j] * hat_row[j] + bias_c[j])
+                    d_i[j] = dh_j * o * (one - tanh_c * tanh_c)
+                    d_o[j] = dh_j * tanh_c * o * (one - o)
+                for j in range(H):
+                    dgain_row[j] += d_i[j] * hat_row[j]
+                    dbias_row[j] += d_i[j]
+                normalise_row_backward(d_i, hat_row, rstd[t, b0 + b], gain, d_i, consts[2])
+                for j in range(H):
+                    dc_row[j] += d_i[j]
             dh_row[:] = zero  # used up; the recurrent GEMM adds the gradient for the step before
             for j in range(H):
                 i = g_i[j]
@@ -140,19 +189,21 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, lengths, 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, c_new, gates, dgates, mask, zones, dy_step, keeps,
-                   dgemm):
+                   dgemm, norm_hh, norm_c):
     """BPTT through batch rows b0:b1, all T steps. w_hh_p: W_hh packed; dh, dc: (B, H) enter as
     dhT, dcT and leave as dh0, dc0; fills dgates: (T, B, 4H), the pre-activation gate gradients.
     c_new: c, or under zoneout the cell's own c' before the mixing; mask, zones, dy_step, keeps,
-    dgemm: the cell options and their scratch (common.grad_scratch)."""
+    dgemm: the cell options and their scratch (common.grad_scratch); norm_hh: (gain_hh, hat_h,
+    rstd_h, dhw (T, B, 4H), consts) and norm_c (see _backward_step): layer norm's, empty without it."""
     one = c[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
         dy_t = zoneout_grads(t, b0, b1, lengths, dy, (dh, dc), zones, dy_step, keeps, one)
         _backward_step(dgates[t, b0:b1], dy_t, dh[b0:b1], dc[b0:b1], gates[t, b0:b1], c[t, b0:b1],
-                       c_new[t + 1, b0:b1], t, lengths[b0:b1], one, zero)
+                       c_new[t + 1, b0:b1], t, b0, lengths[b0:b1], norm_c, one, zero)
         # rows past a length add zeros
-        recurrent_gemm_backward(dgates[t, b0:b1], w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
+        dhw_t = recurrent_grads(dgates[t, b0:b1], t, b0, norm_hh)
+        recurrent_gemm_backward(dhw_t, w_hh_p, dh[b0:b1], mask[b0:b1], dgemm[b0:b1], core)
         zoneout_add(b0, b1, (dh, dc), zones, keeps)
 
 
@@ -160,10 +211,12 @@ def lstm_backward(dy, dstate, cache, grads=None):
     """BPTT through :func:`lstm_forward`.
 
     dy: (T, B, H); dstate: (dhT, dcT), each (B, H) or None; grads: None, or (dw_ih, dw_hh, db_ih,
-    db_hh) to add into (db_* may be None). Returns dx: (T, B, I), (dh0, dc0) and (dw_ih (4H, I),
-    dw_hh (4H, H), db_ih, db_hh (4H,)) (with ``grads``: those arrays, added into).
+    db_hh) to add into (db_* may be None), then under layer norm its six gradients. Returns dx:
+    (T, B, I), (dh0, dc0) and (dw_ih (4H, I), dw_hh (4H, H), db_ih, db_hh (4H,)), then under layer
+    norm (dgain_ih, dbias_ih, dgain_hh, dbias_hh, dgain_c, dbias_c) (with ``grads``: those arrays,
+    added into).
     """
-    x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, c_new = cache
+    x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, c_new, (params, hats, rstds, consts) = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
@@ -171,21 +224,31 @@ def lstm_backward(dy, dstate, cache, grads=None):
     dgates = np.empty((T, B, 4 * H), dtype=x.dtype)
     dw_ih, dw_hh, accumulate = weight_grads(grads, w_ih, w_hh)
     dy_step, keeps, dgemm = grad_scratch(B, H, x.dtype, mask, zones)
+    normed = hats[1].shape[0] > 0
+    dhw = np.empty_like(dgates) if normed else hats[1]
+    dnorm_c = tuple(np.zeros((B, H), x.dtype) if hats[2].shape[0] else rstds[2] for _ in range(2))
     run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, c_new, gates, dgates, mask, zones, dy_step, keeps,
-             dgemm)
-    # then dx, dW_ih, dW_hh as single GEMMs over all steps
+             dgemm, (params[2], hats[1], rstds[1], dhw, consts), (params[4], params[5], hats[2], rstds[2], *dnorm_c, consts))
+    # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dg2 = dgates.reshape(T * B, 4 * H)
+    dxw, dnorm_ih = norm_input_backward(dg2, params, hats, rstds, consts)
     dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dg2, w_ih, dx.reshape(T * B, I), False)
-    gemm(dg2.T, x.reshape(T * B, I), dw_ih, accumulate)
-    gemm(dg2.T, a[:T].reshape(T * B, H), dw_hh, accumulate)
-    return dx, (dh, dc), (dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
+    gemm(dxw, w_ih, dx.reshape(T * B, I), False)
+    gemm(dxw.T, x.reshape(T * B, I), dw_ih, accumulate)
+    gemm((dhw if normed else dgates).reshape(T * B, 4 * H).T, a[:T].reshape(T * B, H), dw_hh, accumulate)
+    dweights = (dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
+    if not normed:
+        return dx, (dh, dc), dweights
+    dnorm = (*dnorm_ih, *norm_recurrent_param_grads(dg2, hats), *(d.sum(axis=0) for d in dnorm_c if d.shape[0]))
+    return dx, (dh, dc), dweights + layer_norm_grads(grads, dnorm)
 
 
 def backward_probe(dtype):
     """(:func:`_backward_rows`, arguments typed as :func:`lstm_backward` passes them) for T = 0: a
     call compiles the loop without running a step, so without the GEMM it calls."""
     a2, a3, c = np.zeros((1, 1), dtype), np.zeros((0, 1, 4), dtype), np.zeros((1, 1, 1), dtype)
+    gain, hat, rstd, _, consts = norm_grads_probe(dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), np.zeros((0, 1, 1), dtype), a2, a2,
-                            np.zeros(1, np.int64), c, c, a3, a3, *options_probe(dtype, 2))
+                            np.zeros(1, np.int64), c, c, a3, a3, *options_probe(dtype, 2), norm_grads_probe(dtype),
+                            (gain, gain, hat, rstd, rstd, rstd, consts))
 

@@ -272,9 +272,76 @@ def partial_sum(smem, b, col, rows, k_len, n, kc, ks, w_in_smem):
 def gate_sum(hw, gate):
     """Gate ``gate``'s entry of ``h W_hh^T`` for the unit and row that ``hw`` names (the forward
     kernel hands it to the cell's step): the block's columns hold each gate's units side by side
-    (:func:`pack_forward_weights`)."""
-    smem, bb, u, units, rows, k_len, n, kc, ks, w_in_smem = hw
+    (:func:`pack_forward_weights`). Under layer norm the kernel has normalised the product into
+    ``normed`` (B, G*H) already, and the entry is read from there."""
+    smem, bb, u, units, rows, k_len, n, kc, ks, w_in_smem, normed, b, j = hw
+    if normed.shape[0] > 0:
+        return normed[b, gate * k_len + j]
     return partial_sum(smem, bb, gate * units + u, rows, k_len, n, kc, ks, w_in_smem)
+
+
+# -- layer norm across blocks ---------------------------------------------------------------------
+# A row's statistics run over all its G*H (or the LSTM's c: H) entries, and each block owns only a
+# slice of the units; so each block sums its slice of every row into ``partial`` (B, blocks, 2), a
+# grid barrier passes, and every block adds the partials up in the same order (so all hold the same
+# totals) into ``row_stats`` (B, 2). The forward sums v and v*v (one pass: mean and E[v^2] - mean^2,
+# clamped at 0); backward sums gain*d and gain*d*hat, the two means its gradient needs.
+
+@cuda.jit(device=True, inline=True)
+def row_partials(v, hat, gain, G, H, u0, units, partial, backward):
+    """This block's sums over its units j (and every gate g, column g*H + j) of each row b of v (B,
+    G*H): v and v*v, or with ``backward`` gain*v and gain*v*hat, into partial[b, block]."""
+    for b in range(cuda.threadIdx.x, v.shape[0], cuda.blockDim.x):
+        s = v[b, 0] * 0
+        q = s
+        for g in range(G):
+            for u in range(units):
+                j = u0 + u
+                if j < H:
+                    x = v[b, g * H + j]
+                    if backward:
+                        x *= gain[g * H + j]
+                        s += x
+                        q += x * hat[b, g * H + j]
+                    else:
+                        s += x
+                        q += x * x
+        partial[b, cuda.blockIdx.x, 0] = s
+        partial[b, cuda.blockIdx.x, 1] = q
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def row_totals(partial, row_stats, inv_n, eps, backward):
+    """After the grid barrier: each row's totals of :func:`row_partials` over every block, as
+    (mean, 1/sqrt(var + eps)) or with ``backward`` the two means, into row_stats (B, 2)."""
+    for b in range(cuda.threadIdx.x, partial.shape[0], cuda.blockDim.x):
+        s = partial[b, 0, 0]
+        q = partial[b, 0, 1]
+        for k in range(1, partial.shape[1]):
+            s += partial[b, k, 0]
+            q += partial[b, k, 1]
+        s *= inv_n
+        q *= inv_n
+        if backward:
+            row_stats[b, 0] = s
+            row_stats[b, 1] = q
+        else:
+            row_stats[b, 0] = s
+            row_stats[b, 1] = (eps * 0 + 1) / math.sqrt(max(q - s * s, eps * 0) + eps)
+    cuda.syncthreads()
+
+
+@cuda.jit(device=True, inline=True)
+def no_finish(y, h, cell, t, b, j, valid, mean, rstd, one):
+    """The second forward phase of a cell without one (all but the LSTM's c norm)."""
+    pass
+
+
+@cuda.jit(device=True, inline=True)
+def no_pre_step(dh, cell, dy, t, b, j, valid, dh_scale, one):
+    """The first backward phase of a cell without one (all but the LSTM's c norm)."""
+    pass
 
 
 @cuda.jit(device=True, inline=True)
@@ -299,7 +366,7 @@ def options_forward(y, t, b, j, valid, opts, one):
         a[t + 1, b, j] = states[0][t + 1, b, j] * mask[b, j]
 
 
-def persistent_forward(step):
+def persistent_forward(step, finish=no_finish):
     """The forward kernel of a cell: the whole time loop, each step this block's slice of
     ``a[t] W_hh^T`` and then ``step(y, h, cell, hw, t, b, j, valid, one)`` for each of its units j
     and batch rows b (``valid``: t is inside row b's length; ``gate_sum(hw, g)`` reads gate g of the
@@ -310,14 +377,23 @@ def persistent_forward(step):
     cell's other arrays (and flags) that ``step`` unpacks; lengths: (B,) int32; w: packed W_hh
     (:func:`pack_forward_weights`); one: 1 in the dtype of h; opts: (a, mask, states, zones,
     saved), the cell options of kernels/cells.py (a is h when recurrent dropout is off; states the
-    tuple of state arrays, h first); then the plan's ``kernel_ints`` (units, n, rows, kc, ks,
-    w_in_smem), which :func:`launch` appends."""
+    tuple of state arrays, h first); norm: layer norm's arrays (:func:`norm_arrays`; empty without
+    it); then the plan's ``kernel_ints`` (units, n, rows, kc, ks, w_in_smem), which :func:`launch`
+    appends.
+
+    Layer norm on the recurrent side first writes each step's raw product into hat_h[t], normalises
+    it across blocks (:func:`row_partials`) and hands the step ``gain_hh * hat + bias_hh`` through
+    ``normed``. With the LSTM's c norm (hat_c not empty) the step leaves c' in hat_c[t] and no h;
+    after a second cross-block reduction ``finish(y, h, cell, t, b, j, valid, mean, rstd, one)``
+    writes h, and the cell options follow it."""
 
     @cuda.jit
-    def forward(y, h, cell, lengths, w, one, opts, units, n, rows, kc, ks, w_in_smem):
+    def forward(y, h, cell, lengths, w, one, opts, norm, units, n, rows, kc, ks, w_in_smem):
         smem = cuda.shared.array(0, h.dtype)
         T, B, H = y.shape
         a = opts[0]
+        gain, bias, hat_h, rstd_h, normed, partial, row_stats, consts, hat_c = norm
+        GH = hat_h.shape[2]
         load_weights(smem, w, H * n, w_in_smem)
         grid = cuda.cg.this_grid()
         u0 = cuda.blockIdx.x * units
@@ -331,9 +407,50 @@ def persistent_forward(step):
                     j = u0 + u
                     if j < H:
                         b = b0 + bb
-                        hw = (smem, bb, u, units, rows_now, H, n, kc, ks, w_in_smem)
+                        if normed.shape[0] > 0:  # the raw product waits in hat_h for its row's statistics
+                            for g in range(GH // H):
+                                hat_h[t, b, g * H + j] = partial_sum(smem, bb, g * units + u, rows_now, H, n, kc, ks,
+                                                                     w_in_smem)
+                        else:
+                            hw = (smem, bb, u, units, rows_now, H, n, kc, ks, w_in_smem, normed, b, j)
+                            valid = t < lengths[b]
+                            step(y, h, cell, hw, t, b, j, valid, one)
+                            if hat_c.shape[0] == 0:
+                                options_forward(y, t, b, j, valid, opts, one)
+            if normed.shape[0] > 0:
+                cuda.syncthreads()
+                row_partials(hat_h[t], hat_h[t], gain, GH // H, H, u0, units, partial[0], False)
+                grid.sync()
+                row_totals(partial[0], row_stats, consts[1], consts[0], False)
+                for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+                    b = idx // units
+                    u = idx - b * units
+                    j = u0 + u
+                    if j < H:
+                        mean, rstd = row_stats[b, 0], row_stats[b, 1]
+                        if u0 + u == 0:
+                            rstd_h[t, b] = rstd
+                        for g in range(GH // H):
+                            col = g * H + j
+                            x = (hat_h[t, b, col] - mean) * rstd
+                            hat_h[t, b, col] = x
+                            normed[b, col] = gain[col] * x + bias[col]
+                        hw = (smem, 0, u, units, 1, H, n, kc, ks, w_in_smem, normed, b, j)
                         valid = t < lengths[b]
                         step(y, h, cell, hw, t, b, j, valid, one)
+                        if hat_c.shape[0] == 0:
+                            options_forward(y, t, b, j, valid, opts, one)
+            if hat_c.shape[0] > 0:
+                cuda.syncthreads()
+                row_partials(hat_c[t], hat_c[t], gain, 1, H, u0, units, partial[1], False)
+                grid.sync()
+                row_totals(partial[1], row_stats, consts[2], consts[0], False)
+                for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+                    b = idx // units
+                    j = u0 + idx - b * units
+                    if j < H:
+                        valid = t < lengths[b]
+                        finish(y, h, cell, t, b, j, valid, row_stats[b, 0], row_stats[b, 1], one)
                         options_forward(y, t, b, j, valid, opts, one)
             grid.sync()
 
@@ -369,7 +486,7 @@ def zoneout_add(b, j, opts, keeps):
             dstates[k][b, j] += keeps[k]
 
 
-def persistent_backward(step):
+def persistent_backward(step, pre_step=no_pre_step):
     """The backward kernel of a cell: BPTT over the whole time loop, each step first
     ``step(dh, dgates_h, cell, dy, t, b, j, valid, one)`` for this block's units j and every batch
     row b, which reads the gradient dh[b, j] that reached the step's output, fills the step's
@@ -383,20 +500,42 @@ def persistent_backward(step):
     cell: the tuple of the cell's other arrays (and flags) that ``step`` unpacks; dy: (T, B, H),
     as the step reads it (times 1 - zone_h under zoneout on h); lengths: (B,) int32; w: packed
     W_hh (:func:`pack_backward_weights`); one; opts: (mask, dstates, zones, dy as given), the cell
-    options (dstates: the tuple of state gradients, dh first); the plan's ``kernel_ints``, which
-    :func:`launch` appends."""
+    options (dstates: the tuple of state gradients, dh first); norm: layer norm's arrays
+    (:func:`norm_grad_arrays`; empty without it); the plan's ``kernel_ints``, which :func:`launch`
+    appends.
+
+    With the LSTM's c norm (dcn not empty) ``pre_step(dh, cell, dy, t, b, j, valid, dh_scale, one)``
+    first leaves the gradient of LN_c's output in dcn (dh_scale: 1 - zone_h, what zoneout will
+    leave of dh), a cross-block reduction puts its two means in row_stats for ``step``. With the
+    recurrent side's norm each step's dgates_h[t] goes back through it into dhw[t] (a second
+    reduction) before the recurrent matmul, which then multiplies dhw[t]."""
 
     @cuda.jit
-    def backward(dh, dgates_h, cell, dy, lengths, w, one, opts, units, n, rows, kc, ks, w_in_smem):
+    def backward(dh, dgates_h, cell, dy, lengths, w, one, opts, norm, units, n, rows, kc, ks, w_in_smem):
         smem = cuda.shared.array(0, dh.dtype)
         T, B, H = dy.shape
         GH = dgates_h.shape[2]
         mask = opts[0]
+        zones = opts[2]
+        gain, hat_h, rstd_h, dhw, partial, row_stats, consts, gain_c, hat_c, dcn = norm
         keeps = cuda.local.array(2, dh.dtype)
         load_weights(smem, w, GH * n, w_in_smem)
         grid = cuda.cg.this_grid()
         u0 = cuda.blockIdx.x * units
         for t in range(T - 1, -1, -1):
+            if dcn.shape[0] > 0:
+                for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+                    b = idx // units
+                    j = u0 + idx - b * units
+                    if j < H:
+                        dh_scale = one
+                        if zones[0].shape[0] > 0:
+                            dh_scale = one - zones[0][t, b, j]
+                        pre_step(dh, cell, dy, t, b, j, t < lengths[b], dh_scale, one)
+                cuda.syncthreads()
+                row_partials(dcn, hat_c[t], gain_c, 1, H, u0, units, partial[1], True)
+                grid.sync()
+                row_totals(partial[1], row_stats, consts[2], consts[0], True)
             for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
                 b = idx // units
                 j = u0 + idx - b * units
@@ -407,10 +546,25 @@ def persistent_backward(step):
                     step(dh, dgates_h, cell, dy, t, b, j, valid, one)
                     if valid:
                         zoneout_add(b, j, opts, keeps)
+            rec = dgates_h
+            if dhw.shape[0] > 0:
+                rec = dhw
+                cuda.syncthreads()
+                row_partials(dgates_h[t], hat_h[t], gain, GH // H, H, u0, units, partial[0], True)
+                grid.sync()
+                row_totals(partial[0], row_stats, consts[1], consts[0], True)
+                for idx in range(cuda.threadIdx.x, B * units, cuda.blockDim.x):
+                    b = idx // units
+                    j = u0 + idx - b * units
+                    if j < H:
+                        m1, m2, rstd = row_stats[b, 0], row_stats[b, 1], rstd_h[t, b]
+                        for g in range(GH // H):
+                            col = g * H + j
+                            dhw[t, b, col] = rstd * (gain[col] * dgates_h[t, b, col] - m1 - hat_h[t, b, col] * m2)
             grid.sync()
             for b0 in range(0, B, rows):
                 rows_now = min(rows, B - b0)
-                block_matmul(dgates_h[t], b0, rows_now, GH, w, n, smem, kc, ks, w_in_smem)
+                block_matmul(rec[t], b0, rows_now, GH, w, n, smem, kc, ks, w_in_smem)
                 for idx in range(cuda.threadIdx.x, rows_now * units, cuda.blockDim.x):
                     bb = idx // units
                     u = idx - bb * units
@@ -431,6 +585,68 @@ def backward_options(xp, dy, mask, states_grads, zones):
     forward (kernels/cells.py): under zoneout on h the steps read dy * (1 - zone_h)."""
     dy_step = dy if zones[0].shape[0] == 0 else dy * (1 - zones[0])
     return dy_step, (mask, tuple(states_grads), zones, dy)
+
+
+def norm_arrays(xp, norms, B, plan):
+    """The forward kernel's ``norm`` tuple from cells.layer_norm_arrays' (params, hats, rstds,
+    consts): (gain_hh, bias_hh, hat_h, rstd_h, normed (B, G*H), partial (2, B, blocks, 2), row_stats
+    (B, 2), consts, hat_c); the scratch is empty where the norm is off."""
+    params, hats, rstds, consts = norms
+    dtype = hats[1].dtype
+    on = hats[1].shape[0] > 0 or hats[2].shape[0] > 0
+    normed = xp.empty((B, hats[1].shape[2]), dtype) if hats[1].shape[0] else xp.zeros((0, 0), dtype)
+    partial = xp.empty((2, B, plan.blocks, 2), dtype) if on else xp.zeros((0, 0, 0, 0), dtype)
+    row_stats = xp.empty((B, 2), dtype) if on else xp.zeros((0, 0), dtype)
+    return params[2], params[3], hats[1], rstds[1], normed, partial, row_stats, consts, hats[2]
+
+
+def norm_grad_arrays(xp, norms, B, H, plan):
+    """The backward kernel's ``norm`` tuple: (gain_hh, hat_h, rstd_h, dhw (T, B, G*H), partial,
+    row_stats, consts, gain_c, hat_c, dcn (B, H)), empty where the norm is off."""
+    params, hats, rstds, consts = norms
+    dtype = hats[1].dtype
+    on = hats[1].shape[0] > 0 or hats[2].shape[0] > 0
+    dhw = xp.empty_like(hats[1]) if hats[1].shape[0] else hats[1]
+    partial = xp.empty((2, B, plan.blocks, 2), dtype) if on else xp.zeros((0, 0, 0, 0), dtype)
+    row_stats = xp.empty((B, 2), dtype) if on else xp.zeros((0, 0), dtype)
+    dcn = xp.empty((B, H), dtype) if hats[2].shape[0] else xp.zeros((0, 0), dtype)
+    return params[2], hats[1], rstds[1], dhw, partial, row_stats, consts, params[4], hats[2], dcn
+
+
+def norm_input_forward(g2, norms):
+    """The input side's norm on the whole projection g2: (T*B, G*H), in place, in array code
+    (it is one pass over a large array, outside the sequential loop)."""
+    params, hats, rstds, consts = norms
+    if not hats[0].shape[0]:
+        return
+    T, B = hats[0].shape[:2]
+    xp = array_module(g2)
+    centred = g2 - g2.mean(axis=1, keepdims=True)
+    rstd = 1 / xp.sqrt((centred * centred).mean(axis=1, keepdims=True) + consts[0])
+    hat = hats[0].reshape(T * B, -1)
+    hat[...] = centred * rstd
+    rstds[0].reshape(T * B)[...] = rstd[:, 0]
+    g2[...] = hat * params[0] + params[1]
+
+
+def norm_input_backward(dg2, norms):
+    """(the gradient of x W_ih^T from the input side's gate gradients dg2: (T*B, G*H), (dgain_ih,
+    dbias_ih)): dg2 and () without layer norm."""
+    params, hats, rstds, consts = norms
+    if not hats[0].shape[0]:
+        return dg2, ()
+    T, B = hats[0].shape[:2]
+    hat = hats[0].reshape(T * B, -1)
+    d = dg2 * params[0]
+    dxw = rstds[0].reshape(T * B, 1) * (d - d.mean(axis=1, keepdims=True) - hat * (d * hat).mean(axis=1, keepdims=True))
+    return dxw, ((dg2 * hat).sum(axis=0), dg2.sum(axis=0))
+
+
+def norm_recurrent_param_grads(dgh2, norms):
+    """(dgain_hh, dbias_hh) from the recurrent side's gate gradients of all steps, dgh2: (T*B, G*H)."""
+    hats = norms[1]
+    T, B = hats[1].shape[:2]
+    return (dgh2 * hats[1].reshape(T * B, -1)).sum(axis=0), dgh2.sum(axis=0)
 
 
 _COMPILED = {}

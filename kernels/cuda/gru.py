@@ -17,9 +17,10 @@ output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cells import cell_options, state_grads
+from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cuda.common import (add_into, array_module, backward_options, contiguous, gate_sum, int32_lengths, launch,
-    make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, sigmoid, tanh)
+    make_plan, norm_arrays, norm_grad_arrays, norm_input_backward, norm_input_forward, norm_recurrent_param_grads,
+    pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, sigmoid, tanh)
 
 
 @cuda.jit(device=True, inline=True)
@@ -62,7 +63,7 @@ def _forward_step(y, h, cell, hw, t, b, j, valid, one):
 _forward = persistent_forward(_forward_step)
 
 
-def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
+def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.gru.gru_forward`: the same arguments and results, on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
@@ -71,15 +72,18 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None):
     H = h0.shape[1]
     y = xp.empty((T, B, H), dtype=x.dtype)
     h = xp.empty((T + 1, B, H), dtype=x.dtype)
-    gates = (x.reshape(T * B, I) @ w_ih.T + b_ih).reshape(T, B, 3 * H)  # r, z, n
+    gates = x.reshape(T * B, I) @ w_ih.T  # r, z, n
+    norms = layer_norm_arrays(layer_norm, T, B, 3, H, x.dtype, xp)
+    norm_input_forward(gates, norms)
+    gates = (gates + b_ih).reshape(T, B, 3 * H)
     hn = xp.empty((T, B, H), dtype=x.dtype)  # W_hn h + b_hn
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), xp)  # backward reads gates, not h'
     plan = make_plan(B, H, 3, H, x.dtype.itemsize)
     launch(_forward, plan, y, h, (gates, hn, b_hh), lengths, pack_forward_weights(xp, w_hh, 3, plan), x.dtype.type(1),
-           (a, mask, (h,), zones, saved))
-    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones)
+           (a, mask, (h,), zones, saved), norm_arrays(xp, norms, B, plan))
+    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms)
     return y, (h[T].copy(),), cache
 
 
@@ -117,7 +121,7 @@ _backward = persistent_backward(_backward_step)
 
 def gru_backward(dy, dstate, cache, grads=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.gru.gru_backward`: the same arguments and results, on CuPy arrays."""
-    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones = cache
+    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
@@ -127,12 +131,19 @@ def gru_backward(dy, dstate, cache, grads=None):
     dgates_h = xp.empty((T, B, 3 * H), dtype=x.dtype)
     dy_step, opts = backward_options(xp, dy, mask, (dh,), zones)
     plan = make_plan(B, H, 1, 3 * H, x.dtype.itemsize)
+    norm = norm_grad_arrays(xp, norms, B, H, plan)
     launch(_backward, plan, dh, dgates_h, (dgates_x, gates, hn, h), dy_step, lengths,
-           pack_backward_weights(xp, w_hh, plan), x.dtype.type(1), opts)
+           pack_backward_weights(xp, w_hh, plan), x.dtype.type(1), opts, norm)
     # dx, dW_ih, db_ih from the input side's gate gradients, dW_hh, db_hh from the recurrent side's
+    # (through the norms when they are on)
     dgx2 = dgates_x.reshape(T * B, 3 * H)
     dgh2 = dgates_h.reshape(T * B, 3 * H)
-    dx = (dgx2 @ w_ih).reshape(T, B, I)
-    dw_ih = dgx2.T @ x.reshape(T * B, I)
-    dw_hh = dgh2.T @ a[:T].reshape(T * B, H)
-    return dx, (dh,), add_into(grads, (dw_ih, dw_hh, dgx2.sum(axis=0), dgh2.sum(axis=0)))
+    dxw, dnorm_ih = norm_input_backward(dgx2, norms)
+    normed = norms[1][1].shape[0] > 0
+    dx = (dxw @ w_ih).reshape(T, B, I)
+    dw_ih = dxw.T @ x.reshape(T * B, I)
+    dw_hh = (norm[3].reshape(T * B, 3 * H) if normed else dgh2).T @ a[:T].reshape(T * B, H)
+    dweights = add_into(grads, (dw_ih, dw_hh, dgx2.sum(axis=0), dgh2.sum(axis=0)))
+    if not normed:
+        return dx, (dh,), dweights
+    return dx, (dh,), dweights + layer_norm_grads(grads, (*dnorm_ih, *norm_recurrent_param_grads(dgh2, norms)))

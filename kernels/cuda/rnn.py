@@ -10,9 +10,10 @@ carry the state unchanged and output zeros.
 """
 from numba import cuda
 
-from rnnfast.kernels.cells import ACTIVATIONS, cell_options, state_grads
+from rnnfast.kernels.cells import ACTIVATIONS, cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cuda.common import (add_into, array_module, backward_options, contiguous, gate_sum, int32_lengths, launch,
-    make_plan, pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, tanh)
+    make_plan, norm_arrays, norm_grad_arrays, norm_input_backward, norm_input_forward, norm_recurrent_param_grads,
+    pack_backward_weights, pack_forward_weights, persistent_backward, persistent_forward, tanh)
 
 TANH, RELU = ACTIVATIONS.index("tanh"), ACTIVATIONS.index("relu")
 
@@ -44,7 +45,7 @@ def _forward_step(y, h, cell, hw, t, b, j, valid, one):
 _forward = persistent_forward(_forward_step)
 
 
-def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=None):
+def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=None, layer_norm=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.rnn.rnn_forward`: the same arguments and results, on CuPy arrays."""
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     xp = array_module(x)
@@ -55,14 +56,16 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=Non
     y = xp.empty((T, B, H), dtype=x.dtype)
     h = xp.empty((T + 1, B, H), dtype=x.dtype)
     xp.matmul(x.reshape(T * B, I), w_ih.T, out=h[1:].reshape(T * B, H))
+    norms = layer_norm_arrays(layer_norm, T, B, 1, H, x.dtype, xp)
+    norm_input_forward(h[1:].reshape(T * B, H), norms)
     h[1:] += b_ih + b_hh
     h[0] = h0
     lengths = int32_lengths(xp, lengths, T, B)
     a, mask, zones, saved = cell_options(h, h_mask, zone, (True,), xp)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
     launch(_forward, plan, y, h, (act,), lengths, pack_forward_weights(xp, w_hh, 1, plan), x.dtype.type(1),
-           (a, mask, (h,), zones, saved))
-    cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h)
+           (a, mask, (h,), zones, saved), norm_arrays(xp, norms, B, plan))
+    cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h, norms)
     return y, (h[T].copy(),), cache
 
 
@@ -89,7 +92,7 @@ _backward = persistent_backward(_backward_step)
 
 def rnn_backward(dy, dstate, cache, grads=None):
     """The GPU twin of :func:`rnnfast.kernels.cpu.rnn.rnn_backward`: the same arguments and results, on CuPy arrays."""
-    x, w_ih, w_hh, lengths, h, act, a, mask, zones, h_new = cache
+    x, w_ih, w_hh, lengths, h, act, a, mask, zones, h_new, norms = cache
     xp = array_module(x)
     T, B, I = x.shape
     H = h.shape[2]
@@ -98,12 +101,18 @@ def rnn_backward(dy, dstate, cache, grads=None):
     dpre = xp.empty((T, B, H), dtype=x.dtype)
     dy_step, opts = backward_options(xp, dy, mask, (dh,), zones)
     plan = make_plan(B, H, 1, H, x.dtype.itemsize)
+    norm = norm_grad_arrays(xp, norms, B, H, plan)
     launch(_backward, plan, dh, dpre, (h_new, act), dy_step, lengths, pack_backward_weights(xp, w_hh, plan),
-           x.dtype.type(1), opts)
-    # then dx, dW_ih, dW_hh as single GEMMs over all steps
+           x.dtype.type(1), opts, norm)
+    # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dp2 = dpre.reshape(T * B, H)
-    dx = (dp2 @ w_ih).reshape(T, B, I)
-    dw_ih = dp2.T @ x.reshape(T * B, I)
-    dw_hh = dp2.T @ a[:T].reshape(T * B, H)
+    dxw, dnorm_ih = norm_input_backward(dp2, norms)
+    normed = norms[1][1].shape[0] > 0
+    dx = (dxw @ w_ih).reshape(T, B, I)
+    dw_ih = dxw.T @ x.reshape(T * B, I)
+    dw_hh = (norm[3] if normed else dpre).reshape(T * B, H).T @ a[:T].reshape(T * B, H)
     db = dp2.sum(axis=0)
-    return dx, (dh,), add_into(grads, (dw_ih, dw_hh, db, db.copy()))
+    dweights = add_into(grads, (dw_ih, dw_hh, db, db.copy()))
+    if not normed:
+        return dx, (dh,), dweights
+    return dx, (dh,), dweights + layer_norm_grads(grads, (*dnorm_ih, *norm_recurrent_param_grads(dp2, norms)))

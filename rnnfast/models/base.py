@@ -19,13 +19,16 @@ CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 
 # the recurrent layer's regularisers a model passes through and records in its config, with their
 # defaults (off); a config written before one existed builds the model without it
-REGULARISERS = {"weight_drop": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0}
+# (layer norm is not a regulariser, but it travels the same way: a layer option a model passes on,
+# records, and a checkpoint from before it lacks)
+REGULARISERS = {"weight_drop": 0.0, "recurrent_dropout": 0.0, "zoneout": 0.0, "layer_norm": False}
 
 
-def regularisers(weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0) -> dict:
+def regularisers(weight_drop=0.0, recurrent_dropout=0.0, zoneout=0.0, layer_norm=False) -> dict:
     """The regulariser settings as a model's config records them (zoneout a number or a list)."""
     zoneout = [float(p) for p in zoneout] if isinstance(zoneout, (tuple, list)) else float(zoneout)
-    return {"weight_drop": float(weight_drop), "recurrent_dropout": float(recurrent_dropout), "zoneout": zoneout}
+    return {"weight_drop": float(weight_drop), "recurrent_dropout": float(recurrent_dropout), "zoneout": zoneout,
+            "layer_norm": bool(layer_norm)}
 
 
 def recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirectional, dtype, seed, batch_first,
@@ -38,14 +41,15 @@ def recurrent_layer(cell, input_size, hidden_size, num_layers, dropout, bidirect
                        bidirectional=bidirectional, dtype=dtype, seed=seed, batch_first=batch_first, **options)
 
 
-def recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional) -> dict[str, tuple]:
+def recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional, layer_norm=False) -> dict[str, tuple]:
     """The shapes of :func:`recurrent_layer`'s parameters under a model's names (``rnn.weight_ih_l0``:
     (G*H, I), ``rnn.weight_hh_l0``: (G*H, H), the biases (G*H,), ``_reverse`` for the backward
-    direction; PyTorch's layout), from the sizes alone, so that a checkpoint's tensors can be checked
-    against its config before anything is allocated."""
+    direction; PyTorch's layout; with ``layer_norm`` also ``rnn.layernorm_ih_l0.weight`` and the rest),
+    from the sizes alone, so that a checkpoint's tensors can be checked against its config before
+    anything is allocated."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {', '.join(map(repr, CELLS))}, got {cell!r}")
-    shapes = param_shapes(cell, input_size, hidden_size, num_layers, True, bidirectional)
+    shapes = param_shapes(cell, input_size, hidden_size, num_layers, True, bidirectional, bool(layer_norm))
     return {f"rnn.{name}": shape for name, shape in shapes.items()}
 
 

@@ -32,11 +32,11 @@ class CharRNN(CharSampling, Model):
 
     def __init__(self, vocab_size: int, hidden_size: int = 256, num_layers: int = 2, cell: str = "lstm",
                  dropout: float = 0.0, embedding_dim: int | None = None, dtype=np.float32, seed: int | None = None,
-                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0):
+                 weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0, layer_norm: bool = False):
         seed = resolve_seed(seed)
         embedding_dim = hidden_size if embedding_dim is None else embedding_dim
         dtype = np.dtype(dtype)
-        options = regularisers(weight_drop, recurrent_dropout, zoneout)
+        options = regularisers(weight_drop, recurrent_dropout, zoneout, layer_norm)
         super().__init__(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, cell=cell,
                          dropout=float(dropout), embedding_dim=embedding_dim, dtype=dtype.name, seed=seed, **options)
         s = child_seeds(seed, 4)
@@ -49,10 +49,10 @@ class CharRNN(CharSampling, Model):
         self.vocab_size = vocab_size
 
     @staticmethod
-    def _shapes(vocab_size, hidden_size, num_layers, cell, embedding_dim, **_) -> dict[str, tuple]:
+    def _shapes(vocab_size, hidden_size, num_layers, cell, embedding_dim, layer_norm=False, **_) -> dict[str, tuple]:
         embedding_dim = hidden_size if embedding_dim is None else embedding_dim
         return {"embed.weight": (vocab_size, embedding_dim),
-                **recurrent_shapes(cell, embedding_dim, hidden_size, num_layers, False),
+                **recurrent_shapes(cell, embedding_dim, hidden_size, num_layers, False, layer_norm),
                 "head.weight": (vocab_size, hidden_size), "head.bias": (vocab_size,)}
 
     def forward(self, ids, state=None):

@@ -63,11 +63,11 @@ class _SequenceModel(Model):
 
     @staticmethod
     def _built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, out_features,
-                      vocab_size=None) -> dict[str, tuple]:
+                      vocab_size=None, layer_norm=False) -> dict[str, tuple]:
         """The shapes of the parameters :meth:`_build` makes from the same arguments."""
         embed = {} if vocab_size is None else {"embed.weight": (vocab_size, input_size)}
         D = 2 if bidirectional else 1
-        return {**embed, **recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional),
+        return {**embed, **recurrent_shapes(cell, input_size, hidden_size, num_layers, bidirectional, layer_norm),
                 "head.weight": (out_features, D * hidden_size), "head.bias": (out_features,)}
 
     def _inputs(self, x, lengths):
@@ -120,10 +120,10 @@ class SeqRegressor(_SequenceModel):
     def __init__(self, input_size: int, hidden_size: int = 64, output_size: int = 1, num_layers: int = 1,
                  cell: str = "lstm", bidirectional: bool = False, dropout: float = 0.0, many_to_many: bool = False,
                  dtype=np.float32, seed: int | None = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0,
-                 zoneout=0.0):
+                 zoneout=0.0, layer_norm: bool = False):
         seed = resolve_seed(seed)
         dtype = np.dtype(dtype)
-        options = regularisers(weight_drop, recurrent_dropout, zoneout)
+        options = regularisers(weight_drop, recurrent_dropout, zoneout, layer_norm)
         super().__init__(input_size=input_size, hidden_size=hidden_size, output_size=output_size,
                          num_layers=num_layers, cell=cell, bidirectional=bool(bidirectional), dropout=float(dropout),
                          many_to_many=bool(many_to_many), dtype=dtype.name, seed=seed, **options)
@@ -132,8 +132,10 @@ class SeqRegressor(_SequenceModel):
                     **options)
 
     @classmethod
-    def _shapes(cls, input_size, hidden_size, output_size, num_layers, cell, bidirectional, **_) -> dict[str, tuple]:
-        return cls._built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, output_size)
+    def _shapes(cls, input_size, hidden_size, output_size, num_layers, cell, bidirectional, layer_norm=False,
+                **_) -> dict[str, tuple]:
+        return cls._built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, output_size,
+                                 layer_norm=layer_norm)
 
     def _inputs(self, x, lengths):
         x = self._to_model(x, self.dtype)
@@ -205,7 +207,8 @@ class SeqClassifier(_SequenceModel):
     def __init__(self, vocab_size: int | None, num_classes: int, hidden_size: int = 128, num_layers: int = 1,
                  cell: str = "lstm", bidirectional: bool = False, dropout: float = 0.0,
                  embedding_dim: int | None = None, input_size: int | None = None, dtype=np.float32,
-                 seed: int | None = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0):
+                 seed: int | None = None, weight_drop: float = 0.0, recurrent_dropout: float = 0.0, zoneout=0.0,
+                 layer_norm: bool = False):
         if (vocab_size is None) == (input_size is None):
             raise ValueError("give vocab_size (token ids in) or input_size (feature vectors in), exactly one of them")
         if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -214,7 +217,7 @@ class SeqClassifier(_SequenceModel):
         dtype = np.dtype(dtype)
         if vocab_size is not None:
             embedding_dim = hidden_size if embedding_dim is None else embedding_dim
-        options = regularisers(weight_drop, recurrent_dropout, zoneout)
+        options = regularisers(weight_drop, recurrent_dropout, zoneout, layer_norm)
         super().__init__(vocab_size=vocab_size, num_classes=num_classes, hidden_size=hidden_size,
                          num_layers=num_layers, cell=cell, bidirectional=bool(bidirectional), dropout=float(dropout),
                          embedding_dim=embedding_dim, input_size=input_size, dtype=dtype.name, seed=seed, **options)
@@ -225,10 +228,11 @@ class SeqClassifier(_SequenceModel):
 
     @classmethod
     def _shapes(cls, vocab_size, num_classes, hidden_size, num_layers, cell, bidirectional, embedding_dim, input_size,
-                **_) -> dict[str, tuple]:
+                layer_norm=False, **_) -> dict[str, tuple]:
         if vocab_size is not None:
             input_size = hidden_size if embedding_dim is None else embedding_dim
-        return cls._built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, num_classes, vocab_size)
+        return cls._built_shapes(cell, input_size, hidden_size, num_layers, bidirectional, num_classes, vocab_size,
+                                 layer_norm)
 
     def _inputs(self, x, lengths):
         embedded = "embed" in self._children
