@@ -228,3 +228,19 @@ def test_config_json_records_the_processes_and_repeats_the_run_without_them(sing
     # world_size is mpiexec's -n, not an option: --config RUN/config.json passes over it
     done = train(["--config", str(single / "30" / "config.json"), "--steps", "1", "--out", str(tmp_path / "again")])
     assert "stopped at step 1" in done.stdout
+
+
+@needs_mpi
+def test_a_forecaster_on_shuffled_rows_with_a_last_batch_of_one_row_trains_as_one_process(tmp_path):
+    # 295 values, windows of 8: 257 training windows, so every epoch ends in a batch of one row,
+    # which rank 1 holds and rank 0 steps through on a stand-in row of weight 0
+    t = np.arange(295)
+    values = np.sin(t / 7) + 0.1 * np.random.default_rng(0).standard_normal(295)
+    (tmp_path / "series.csv").write_text("v\n" + "\n".join(f"{v:.5f}" for v in values) + "\n")
+    run = [str(tmp_path / "series.csv"), "--task", "forecast", "--column", "v", "--window", "8", "--dtype", "float64",
+           "--hidden", "8", "--layers", "2", "--dropout", "0.2", "--zoneout", "0.1", "--recurrent-dropout", "0.1",
+           "--batch-size", "8", "--steps", "70", "--eval-every", "35", "--no-progress"]
+    done = train([*run, "--out", str(tmp_path / "one")])
+    assert "257 training" in done.stderr
+    train([*run, "--out", str(tmp_path / "two")], ranks=2)
+    assert_same_run(tmp_path / "one", tmp_path / "two")  # 70 steps: two epochs of 33 batches and more
