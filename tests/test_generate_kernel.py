@@ -107,6 +107,29 @@ def test_charrnn_sample_compiled_equals_stepwise(cell, stream):
         np.testing.assert_array_equal(np.concatenate(pieces, axis=1), want)
 
 
+@pytest.mark.parametrize("cell,zoneout", [("lstm", 0.2), ("lstm", (0.0, 0.4)), ("gru", 0.3), ("rnn", 0.5)])
+def test_charrnn_sample_with_zoneout_compiled_equals_stepwise(cell, zoneout):
+    """The compiled loop mixes zoneout's expectation into each step as the layers do in eval mode."""
+    model = rf.models.CharRNN(vocab_size=V, hidden_size=H, num_layers=L, cell=cell, embedding_dim=E, seed=3,
+                              zoneout=zoneout, dtype=np.float64)
+    prime = np.array([1, 4, 2])
+    got = model.sample(prime, 60, temperature=0.8, seed=5, num_samples=2, compiled=True)
+    uniforms = rf.random.uniform((2, 60), 5, stream=0, dtype=np.float64)
+    want = np.empty((2, len(prime) + 60), np.int32)
+    want[:, :len(prime)] = prime
+    model.eval()  # as sample() runs it: zoneout's expectation, not its training draws
+    model._sample_stepwise(prime, uniforms, 0.8, None, None, want, lambda ids: None)
+    np.testing.assert_array_equal(got, want)
+    # and the mixing is really there: the loop's final state differs from the same loop without it
+    rnn = model.rnn
+    args = ([rnn.direction_weights(layer) for layer in range(L)], model.embed.params["weight"],
+            model.head.params["weight"], model.head.params["bias"])
+    feed, u = np.repeat(prime[None], 2, axis=0), rf.random.uniform((2, 10), 5, stream=0, dtype=np.float64)
+    _, zoned = generate(rnn.spec.name, *args, rnn.zero_state(2), feed, u, zoneout=rnn.zoneout)
+    _, plain = generate(rnn.spec.name, *args, rnn.zero_state(2), feed, u)
+    assert not np.allclose(zoned[-1], plain[-1])
+
+
 _READY = """
 import numpy as np
 from rnnfast.kernels.cpu.generate import compile_now, compiled_for

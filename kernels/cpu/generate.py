@@ -128,13 +128,21 @@ def _sample(logits, u, temperature, top_k, top_p, keep, e, order):
     return last
 
 
+@njit(cache=True, error_model="numpy")
+def _zone(row, old, p, one):
+    """Zoneout's eval mixing, row = p * old + (1 - p) * row (as the training kernels' _zone_row)."""
+    for j in range(row.shape[0]):
+        row[j] = p * old[j] + (one - p) * row[j]
+
+
 @njit(cache=True)
 def _generate(kind, act, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms,
-              temperature, top_k, top_p, ids):
+              temperature, top_k, top_p, zone, ids):
     """emb_proj: (V, G*H) = embedding @ w_ih0^T + b_ih0 (+ b_hh0 unless GRU); w_ih: (L-1, G*H, H);
     w_hh: (L, G*H, H); b_ih: (L, G*H) (layers above 0 use it); b_hh: (L, G*H) (0 where already in
     emb_proj/b_ih, i.e. all but GRU's); w_out: (V, H); b_out: (V,); h, c: (L, B, H) updated in place;
-    prime: (B, P); uniforms: (B, N). Writes ids: (B, N)."""
+    prime: (B, P); uniforms: (B, N); zone: (2,) zoneout's fractions of h and c (0: none), mixed in
+    as in eval mode. Writes ids: (B, N)."""
     L, B, H = h.shape
     V = w_out.shape[0]
     P = prime.shape[1]
@@ -149,6 +157,9 @@ def _generate(kind, act, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, p
     keep = np.empty(V, dtype=np.bool_)
     e = np.empty(V, dtype=np.float64)
     order = np.empty(V, dtype=np.int64)
+    h_old, c_old = np.empty(H, dtype=h.dtype), np.empty(H, dtype=h.dtype)
+    one = zeros[0] + 1
+    zone_h, zone_c = zone[0], zone[1]
     for b in range(B):
         token = prime[b, 0]
         for step in range(P - 1 + N):
@@ -158,7 +169,14 @@ def _generate(kind, act, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, p
                 else:
                     _matvec_add(w_ih[layer - 1], h[layer - 1, b], b_ih[layer], xg)
                 _matvec_add(w_hh[layer], h[layer, b], b_hh[layer], hg)
+                if zone_h > 0 or zone_c > 0:
+                    copy_row(h_old, h[layer, b])
+                    copy_row(c_old, c[layer, b])
                 _cell_update(kind, act, xg, hg, h[layer, b], c[layer, b], zeros, hn)
+                if zone_h > 0:
+                    _zone(h[layer, b], h_old, zone_h, one)
+                if zone_c > 0:
+                    _zone(c[layer, b], c_old, zone_c, one)
             if step + 1 < P:
                 token = prime[b, step + 1]
                 continue
@@ -171,14 +189,15 @@ def _generate(kind, act, emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, p
 
 
 def generate(cell, weights, embedding, w_out, b_out, state, prime, uniforms, temperature=1.0, top_k=None,
-             top_p=None):
+             top_p=None, zoneout=(0.0, 0.0)):
     """Sample N ids per sequence from a stacked unidirectional recurrent character model.
 
     cell: "rnn_tanh" | "rnn_relu" | "lstm" | "gru"; weights: per layer (w_ih: (G*H, I_l),
     w_hh: (G*H, H), b_ih, b_hh: (G*H,)) with I_0 = E and I_l = H above; embedding: (V, E);
     w_out: (V, H); b_out: (V,); state: tuple of (L, B, H) ((h, c) for the LSTM); prime: (B, P) ids,
     P >= 1, read first: the first id drawn follows the last prime id; uniforms: (B, N) in [0, 1),
-    one per id drawn. temperature >= 0 (0 is greedy); top_k: int >= 1 or None; top_p: in (0, 1] or None.
+    one per id drawn. temperature >= 0 (0 is greedy); top_k: int >= 1 or None; top_p: in (0, 1] or None;
+    zoneout: the layers' fractions (p_h,) or (p_h, p_c), mixed in at each step as the layers do in eval.
 
     Returns ids: (B, N) int64 and the final state (same form as ``state``).
     """
@@ -200,7 +219,8 @@ def generate(cell, weights, embedding, w_out, b_out, state, prime, uniforms, tem
     ids = np.empty(uniforms.shape, dtype=np.int64)
     w_out, b_out = np.ascontiguousarray(w_out, dtype), np.ascontiguousarray(b_out, dtype)
     _generate(KINDS.index(spec.kind), ACTIVATIONS.index(spec.activation), emb_proj, w_ih, w_hh, b_ih, b_hh, w_out, b_out, h, c, prime, uniforms, float(temperature),
-              0 if top_k is None else int(top_k), 1.0 if top_p is None else float(top_p), ids)
+              0 if top_k is None else int(top_k), 1.0 if top_p is None else float(top_p),
+              np.array((tuple(zoneout) + (0.0,))[:2], dtype), ids)
     return ids, ((h, c) if spec.has_cell_state else (h,))
 
 
@@ -217,7 +237,7 @@ def _tiny_args(dtype):
     one = np.zeros((1, 1), dtype)
     return (RNN, 0, one, np.zeros((0, 1, 1), dtype), np.zeros((1, 1, 1), dtype), one, one, one,
             np.zeros(1, dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1, 1), dtype), np.zeros((1, 1), np.int64),
-            np.zeros((1, 0)), 1.0, 0, 1.0, np.zeros((1, 0), np.int64))
+            np.zeros((1, 0)), 1.0, 0, 1.0, np.zeros(2, dtype), np.zeros((1, 0), np.int64))
 
 
 def compiled_for(dtype) -> bool:

@@ -134,8 +134,8 @@ class CharSampling:
         """The backend's compiled sampling loop when :meth:`sample` should use it (see ``compiled``), else None."""
         kernels = get_backend(self.head.params["weight"]).kernels
         generate = getattr(kernels, "generate", None)  # only the CPU has one
-        if generate is None or compiled is False or any(self.rnn.zoneout) or self.rnn.layer_norm:
-            return None  # zoneout's eval-mode mixing and layer norm are in the layers' kernels, not the compiled loop
+        if generate is None or compiled is False or self.rnn.layer_norm:
+            return None  # layer norm is in the layers' kernels, not in the compiled loop
         if compiled or ids >= kernels.GENERATE_COMPILE_PAYS_AT or self.sampling_compiled:
             return generate
         return None
@@ -181,7 +181,7 @@ class CharSampling:
         for start in range(0, u.shape[1], max(chunk, 1)):
             ids, state = generate(cell, weights, self.embed.params["weight"], self.head.params["weight"],
                                   self.head.params["bias"], state, feed, u[:, start:start + chunk],
-                                  temperature, top_k, top_p)
+                                  temperature, top_k, top_p, zoneout=rnn.zoneout)
             out[:, P + start:P + start + ids.shape[1]] = ids
             emit(ids)
             feed = ids[:, -1:]
