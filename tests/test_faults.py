@@ -99,7 +99,7 @@ def trained_run(corpus, tmp_path, name="run", steps=4) -> Path:
 
 @pytest.mark.slow
 def test_kill_9_at_random_points_leaves_one_history_and_the_uninterrupted_result(corpus, tmp_path):
-    args = ["train", corpus, *TINY, "--steps", 300, "--eval-every", 3]
+    args = ["train", corpus, *TINY, "--patience", 0, "--steps", 300, "--eval-every", 3]  # all 300 steps
     run(*args, "--out", tmp_path / "straight")
     out, rng, kills = tmp_path / "killed", random.Random(12), 0
     while True:
