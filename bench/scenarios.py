@@ -84,8 +84,8 @@ COLD_START = Scenario("lstm", "cold-start", I=128, H=128, layers=2, chars=200)
 
 
 # What each regulariser costs in the training step of the CLI's default model (2x128, B=32, T=64),
-# for each cell: recurrent dropout, weight drop and zoneout at typical rates.
-OPTIONS = ("recurrent_dropout=0.25", "weight_drop=0.3", "zoneout=0.1")
+# for each cell: recurrent dropout, weight drop and zoneout at typical rates, and layer norm.
+OPTIONS = ("recurrent_dropout=0.25", "weight_drop=0.3", "zoneout=0.1", "layer_norm=True")
 
 
 def option_costs(cells=TRAIN_CELLS) -> list[Scenario]:

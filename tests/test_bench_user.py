@@ -208,6 +208,7 @@ def test_option_cost_rows_time_the_option_against_the_plain_step_and_print(monke
     # the option is on in the timed model and only there
     s = chosen[0]
     assert parse_option("zoneout=0.1+weight_drop=0.2") == {"zoneout": 0.1, "weight_drop": 0.2}
+    assert parse_option("layer_norm=True") == {"layer_norm": True}
     assert _trainer(s, random_stream(s), **parse_option(s.option)).model.rnn.recurrent_dropout == 0.25
     assert _trainer(s, random_stream(s)).model.rnn.recurrent_dropout == 0.0
-    assert len([x for x in scenarios.FULL if x.kind == "option-cost"]) == 9
+    assert len([x for x in scenarios.FULL if x.kind == "option-cost"]) == 12
