@@ -117,7 +117,7 @@ def _zone_row(z_row, prev, new, one):
         new[j] = z_row[j] * prev[j] + (one - z_row[j]) * new[j]
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def options_forward(t, b0, b1, lengths, y, states, a, mask, zones, saved, one):
     """After step t's cell update of rows b0:b1: zoneout mixes each zoned state part with its value
     before the step (rows inside their length; y follows h), then the masked h enters ``a``."""
@@ -139,7 +139,7 @@ def options_forward(t, b0, b1, lengths, y, states, a, mask, zones, saved, one):
                 a_row[j] = h_row[j] * m_row[j]
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def zoneout_grads(t, b0, b1, lengths, dy, dstates, zones, dy_step, keeps, one):
     """Before step t's backward, rows b0:b1: the gradient G reaching a zoned part (for h, dh + dy)
     splits into z*G, kept for the state before the step, and (1-z)*G for the cell's update, which
@@ -169,7 +169,7 @@ def zoneout_grads(t, b0, b1, lengths, dy, dstates, zones, dy_step, keeps, one):
     return dy_step[b0:b1] if zones[0].shape[0] > 0 else dy[t, b0:b1]
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def zoneout_add(b0, b1, dstates, zones, keeps):
     """After step t's backward: each zoned part's gradient gets back what zoneout kept for it."""
     for k in range(len(dstates)):
@@ -181,7 +181,7 @@ def zoneout_add(b0, b1, dstates, zones, keeps):
                     d_row[j] += keep_row[j]
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def recurrent_gemm_backward(dgates_t, w_hh_p, dh, mask, dgemm, core):
     """dh += dgates_t @ W_hh for rows of one block, times the recurrent-dropout mask when it is on."""
     if mask.shape[0] == 0:
@@ -202,7 +202,7 @@ def options_probe(dtype, parts):
 
 
 # -- layer norm (kernels/cells.py's layer_norm_arrays) -------------------------------------------
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def normalise_row(v, gain, bias, out, hat, eps, inv_n):
     """hat (N,) = (v - mean(v)) / sqrt(var(v) + eps) over v's N entries, out = gain * hat + bias
     (out may be v); inv_n: 1/N. Returns 1/sqrt(var + eps), what backward needs besides hat."""
@@ -222,7 +222,7 @@ def normalise_row(v, gain, bias, out, hat, eps, inv_n):
     return rstd
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def normalise_row_backward(dout, hat, rstd, gain, dv, inv_n):
     """dv (N,): the gradient of v through :func:`normalise_row` given dout, that of its out (dv
     may be dout): rstd * (gain*dout - mean(gain*dout) - hat * mean(gain*dout*hat))."""
@@ -253,7 +253,7 @@ def normalise_rows_backward(dout, hat, rstd, gain, dv, consts):
         normalise_row_backward(dout[r], hat[r], rstd[r], gain, dv[r], consts[1])
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def normalise_recurrent(hw, t, b0, norm_hh):
     """Rows b0:b0+len(hw) of step t's a W_hh^T (hw, in place) through the recurrent side's norm.
     norm_hh: (gain_hh, bias_hh, hat_h, rstd_h, consts)."""
@@ -262,7 +262,7 @@ def normalise_recurrent(hw, t, b0, norm_hh):
         rstd[t, b0 + r] = normalise_row(hw[r], gain, bias, hw[r], hat[t, b0 + r], consts[0], consts[1])
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def recurrent_gemm_forward(a_t, w_hh_t, out_t, hw, t, b0, norm_hh, core):
     """out_t += a_t @ W_hh^T for the rows of one block, through the recurrent side's layer norm
     when it is on (norm_hh's hat_h is not empty): then the product goes to the (rows, G*H)
@@ -278,7 +278,7 @@ def recurrent_gemm_forward(a_t, w_hh_t, out_t, hw, t, b0, norm_hh, core):
             out_row[j] += hw_row[j]
 
 
-@njit(inline="always", fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy")
 def recurrent_grads(dgates_t, t, b0, norm_hh_grads):
     """The gradient of step t's a W_hh^T for rows b0:b0+len(dgates_t): the recurrent side's gate
     gradients dgates_t themselves, or with layer norm those taken back through it into dhw[t],

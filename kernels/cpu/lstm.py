@@ -73,14 +73,15 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, b0, len
     B, H = c_prev.shape
     for b in range(B):
         if t < lengths[b]:
-            if hat.shape[0] == 0:
-                forward_point(gates_t[b], bias, c_prev[b], c_next[b], h_next[b])
-            else:
-                cell_point(gates_t[b], bias, c_prev[b], c_next[b])
-                h_row, g_o = h_next[b], gates_t[b, 3 * H:]
+            # forward_point's equations, with tanh reading LN_c(c') (parked in h's row) under layer
+            # norm: written once, since each inlined copy of the cell costs seconds of compiling
+            cell_point(gates_t[b], bias, c_prev[b], c_next[b])
+            h_row, g_o, src = h_next[b], gates_t[b, 3 * H:], c_next[b]
+            if hat.shape[0] > 0:
                 rstd[t, b0 + b] = normalise_row(c_next[b], gain, bias_c, h_row, hat[t, b0 + b], consts[0], consts[2])
-                for j in range(H):
-                    h_row[j] = g_o[j] * tanh(h_row[j])
+                src = h_row
+            for j in range(H):
+                h_row[j] = g_o[j] * tanh(src[j])
             copy_row(y_t[b], h_next[b])
         else:
             copy_row(c_next[b], c_prev[b])
@@ -135,6 +136,27 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_
     return y, (h[T].copy(), c[T].copy()), cache
 
 
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _norm_c_backward(dh_row, dy_row, dc_row, g_o, d_i, d_o, hat_row, rstd, gain, bias_c, dgain_row, dbias_row, inv_n,
+                     one):
+    """_backward_step's first pass under layer norm, for one row: through h' = o * tanh(LN_c(c'))
+    into dc and the norm's gains, the gradient parked in d_i until dc is complete. A compiled
+    function of its own rather than inlined: a second inlined copy of the tanh pass doubled the
+    loop's compile time."""
+    for j in range(dh_row.shape[0]):
+        o = g_o[j]
+        dh_j = dh_row[j] + dy_row[j]
+        tanh_c = tanh(gain[j] * hat_row[j] + bias_c[j])
+        d_i[j] = dh_j * o * (one - tanh_c * tanh_c)
+        d_o[j] = dh_j * tanh_c * o * (one - o)
+    for j in range(dh_row.shape[0]):
+        dgain_row[j] += d_i[j] * hat_row[j]
+        dbias_row[j] += d_i[j]
+    normalise_row_backward(d_i, hat_row, rstd, gain, d_i, inv_n)
+    for j in range(dh_row.shape[0]):
+        dc_row[j] += d_i[j]
+
+
 @njit(inline="always", fastmath=True, error_model="numpy")
 def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, b0, lengths, norm_c, one, zero):
     # Gate views and short loops, as in _forward_step: the first pass takes the gradient through
@@ -158,19 +180,8 @@ def _backward_step(dgates_t, dy_t, dh, dc, gates_t, c_prev, c_next, t, b0, lengt
                     dc_row[j] += dh_j * o * (one - tanh_c * tanh_c)
                     d_o[j] = dh_j * tanh_c * o * (one - o)
             else:
-                hat_row, dgain_row, dbias_row = hat[t, b0 + b], dgain[b0 + b], dbias[b0 + b]
-                for j in range(H):
-                    o = g_o[j]
-                    dh_j = dh_row[j] + dy_row[j]
-                    tanh_c = tanh(gain[j] * hat_row[j] + bias_c[j])
-                    d_i[j] = dh_j * o * (one - tanh_c * tanh_c)
-                    d_o[j] = dh_j * tanh_c * o * (one - o)
-                for j in range(H):
-                    dgain_row[j] += d_i[j] * hat_row[j]
-                    dbias_row[j] += d_i[j]
-                normalise_row_backward(d_i, hat_row, rstd[t, b0 + b], gain, d_i, consts[2])
-                for j in range(H):
-                    dc_row[j] += d_i[j]
+                _norm_c_backward(dh_row, dy_row, dc_row, g_o, d_i, d_o, hat[t, b0 + b], rstd[t, b0 + b], gain, bias_c,
+                                 dgain[b0 + b], dbias[b0 + b], consts[2], one)
             dh_row[:] = zero  # used up; the recurrent GEMM adds the gradient for the step before
             for j in range(H):
                 i = g_i[j]
