@@ -267,7 +267,7 @@ def recurrent_gemm_forward(a_t, w_hh_t, out_t, hw, t, b0, norm_hh, core):
     """out_t += a_t @ W_hh^T for the rows of one block, through the recurrent side's layer norm
     when it is on (norm_hh's hat_h is not empty): then the product goes to the (rows, G*H)
     scratch hw, is normalised there and added."""
-    if norm_hh[2].shape[0] == 0:
+    if norm_hh is None:  # None, not empty arrays, so that Numba leaves the norm's code out
         gemm_packed_serial(a_t, w_hh_t, out_t, True, core)
         return
     gemm_packed_serial(a_t, w_hh_t, hw, False, core)
@@ -283,12 +283,19 @@ def recurrent_grads(dgates_t, t, b0, norm_hh_grads):
     """The gradient of step t's a W_hh^T for rows b0:b0+len(dgates_t): the recurrent side's gate
     gradients dgates_t themselves, or with layer norm those taken back through it into dhw[t],
     which then keeps them for dW_hh. norm_hh_grads: (gain_hh, hat_h, rstd_h, dhw, consts)."""
-    gain, hat, rstd, dhw, consts = norm_hh_grads
-    if hat.shape[0] == 0:
+    if norm_hh_grads is None:
         return dgates_t
+    gain, hat, rstd, dhw, consts = norm_hh_grads
     for r in range(dgates_t.shape[0]):
         normalise_row_backward(dgates_t[r], hat[t, b0 + r], rstd[t, b0 + r], gain, dhw[t, b0 + r], consts[1])
     return dhw[t, b0:b0 + dgates_t.shape[0]]
+
+
+def norm_args(hats, arrays):
+    """``arrays`` for a loop when layer norm is on (``hats`` from cells.layer_norm_arrays not empty),
+    else None: a loop typed with None has its norm's code pruned by Numba at compile time, which
+    kept the first run's compile of a plain loop from growing by seconds."""
+    return arrays if hats[1].shape[0] else None
 
 
 def norm_scratch(hats, B, GH, dtype):
@@ -321,7 +328,4 @@ def norm_recurrent_param_grads(dgh2, hats):
     return np.einsum("ij,ij->j", dgh2, hats[1].reshape(T * B, -1)), dgh2.sum(axis=0)
 
 
-def norm_grads_probe(dtype):
-    """The recurrent side's layer-norm arguments of a backward loop, off, as the kernels pass them."""
-    return (np.zeros(0, dtype), np.zeros((0, 0, 0), dtype), np.zeros((0, 0), dtype), np.zeros((0, 0, 0), dtype),
-            np.zeros(3, dtype))
+

@@ -23,7 +23,7 @@ from numba import njit
 
 from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_grads_probe,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, normalise_recurrent, options_forward,
     options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
@@ -75,7 +75,7 @@ def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, m
     zero = one - one
     for t in range(gates.shape[0]):
         gemm_packed_serial(a[t, b0:b1], w_hh_t, hw[b0:b1], False, core)
-        if norm_hh[2].shape[0] > 0:
+        if norm_hh is not None:
             normalise_recurrent(hw[b0:b1], t, b0, norm_hh)
         _forward_step(gates[t, b0:b1], hn[t, b0:b1], hw[b0:b1], b_hh, h[t, b0:b1], h[t + 1, b0:b1], y[t, b0:b1],
                       t, lengths[b0:b1], one, zero)
@@ -108,7 +108,7 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_n
     hw = np.empty((B, 3 * H), dtype=x.dtype)
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), np)  # backward reads gates, not h'
     run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved,
-             (params[2], params[3], hats[1], rstds[1], consts))
+             norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)))
     cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms)
     return y, (h[T].copy(),), cache
 
@@ -188,7 +188,7 @@ def gru_backward(dy, dstate, cache, grads=None):
     normed = hats[1].shape[0] > 0
     dhw = np.empty_like(dgates) if normed else hats[1]  # the gradients of a W_hh^T, kept for dW_hh
     run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h, gates, hn, dgates, np.empty((B, 3 * H), x.dtype), mask,
-             zones, dy_step, keeps, dgemm, (params[2], hats[1], rstds[1], dhw, consts))
+             zones, dy_step, keeps, dgemm, norm_args(hats, (params[2], hats[1], rstds[1], dhw, consts)))
     # dx, dW_ih, db_ih from the input side's gate gradients; then dgates becomes the recurrent
     # side's in place (they differ only in n, by the factor r), so one (T, B, 3H) array serves both
     dg2 = dgates.reshape(T * B, 3 * H)
@@ -211,5 +211,5 @@ def backward_probe(dtype):
     a2, h = np.zeros((1, 1), dtype), np.zeros((1, 1, 1), dtype)
     g3, n3 = np.zeros((0, 1, 3), dtype), np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, a2, np.zeros(1, np.int64), h,
-                            g3, n3, g3, np.zeros((1, 3), dtype), *options_probe(dtype, 1), norm_grads_probe(dtype))
+                            g3, n3, g3, np.zeros((1, 3), dtype), *options_probe(dtype, 1), None)
 

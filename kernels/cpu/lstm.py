@@ -24,7 +24,7 @@ from numba import njit
 
 from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_grads_probe,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, normalise_row,
     normalise_row_backward, options_forward, options_probe, prepare, recurrent_gemm_backward, recurrent_gemm_forward,
     recurrent_grads, run_rows, weight_grads, zoneout_add, zoneout_grads)
@@ -69,7 +69,6 @@ def cell_point(g_row, bias, c_prev_row, c_row):
 def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, b0, lengths, norm_c, zero):
     # norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), hat_c empty without layer norm; then
     # h' = o * tanh(LN_c(c')), LN_c(c') going through h_row on its way.
-    gain, bias_c, hat, rstd, consts = norm_c
     B, H = c_prev.shape
     for b in range(B):
         if t < lengths[b]:
@@ -77,8 +76,10 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, b0, len
             # norm: written once, since each inlined copy of the cell costs seconds of compiling
             cell_point(gates_t[b], bias, c_prev[b], c_next[b])
             h_row, g_o, src = h_next[b], gates_t[b, 3 * H:], c_next[b]
-            if hat.shape[0] > 0:
-                rstd[t, b0 + b] = normalise_row(c_next[b], gain, bias_c, h_row, hat[t, b0 + b], consts[0], consts[2])
+            if norm_c is not None:  # (gain_c, bias_c, hat_c, rstd_c, consts), indexed: names unpacked
+                # here lost the rstd write once Numba pruned the branch
+                norm_c[3][t, b0 + b] = normalise_row(c_next[b], norm_c[0], norm_c[1], h_row, norm_c[2][t, b0 + b],
+                                                     norm_c[4][0], norm_c[4][2])
                 src = h_row
             for j in range(H):
                 h_row[j] = g_o[j] * tanh(src[j])
@@ -130,8 +131,8 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_
     c[0] = c0
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False, True), np)
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, zones, saved,
-             norm_scratch(hats, B, 4 * H, x.dtype), (params[2], params[3], hats[1], rstds[1], consts),
-             (params[4], params[5], hats[2], rstds[2], consts))
+             norm_scratch(hats, B, 4 * H, x.dtype), norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)),
+             norm_args(hats, (params[4], params[5], hats[2], rstds[2], consts)))
     cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c, norms)
     return y, (h[T].copy(), c[T].copy()), cache
 
@@ -239,7 +240,7 @@ def lstm_backward(dy, dstate, cache, grads=None):
     dhw = np.empty_like(dgates) if normed else hats[1]
     dnorm_c = tuple(np.zeros((B, H), x.dtype) if hats[2].shape[0] else rstds[2] for _ in range(2))
     run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, c_new, gates, dgates, mask, zones, dy_step, keeps,
-             dgemm, (params[2], hats[1], rstds[1], dhw, consts), (params[4], params[5], hats[2], rstds[2], *dnorm_c, consts))
+             dgemm, norm_args(hats, (params[2], hats[1], rstds[1], dhw, consts)), (params[4], params[5], hats[2], rstds[2], *dnorm_c, consts))
     # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dg2 = dgates.reshape(T * B, 4 * H)
     dxw, dnorm_ih = norm_input_backward(dg2, params, hats, rstds, consts)
@@ -258,8 +259,9 @@ def backward_probe(dtype):
     """(:func:`_backward_rows`, arguments typed as :func:`lstm_backward` passes them) for T = 0: a
     call compiles the loop without running a step, so without the GEMM it calls."""
     a2, a3, c = np.zeros((1, 1), dtype), np.zeros((0, 1, 4), dtype), np.zeros((1, 1, 1), dtype)
-    gain, hat, rstd, _, consts = norm_grads_probe(dtype)
+    gain, rstd = np.zeros(0, dtype), np.zeros((0, 0), dtype)  # the c norm's arguments, off (backward runs
+    # in the warm-up's process, so its norm code is not pruned as the forward's is)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), np.zeros((0, 1, 1), dtype), a2, a2,
-                            np.zeros(1, np.int64), c, c, a3, a3, *options_probe(dtype, 2), norm_grads_probe(dtype),
-                            (gain, gain, hat, rstd, rstd, rstd, consts))
+                            np.zeros(1, np.int64), c, c, a3, a3, *options_probe(dtype, 2), None,
+                            (gain, gain, np.zeros((0, 0, 0), dtype), rstd, rstd, rstd, np.zeros(3, dtype)))
 

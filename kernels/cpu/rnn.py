@@ -15,7 +15,7 @@ from numba import njit
 
 from rnnfast.kernels.cells import ACTIVATIONS, cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_grads_probe,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, options_forward, options_probe,
     prepare, recurrent_gemm_backward, recurrent_gemm_forward, recurrent_grads, run_rows, weight_grads, zoneout_add,
     zoneout_grads)
@@ -84,7 +84,7 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=Non
     h[0] = h0
     a, mask, zones, saved = cell_options(h, h_mask, zone, (True,), np)
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h, a, mask, zones, saved,
-             norm_scratch(hats, B, H, x.dtype), (params[2], params[3], hats[1], rstds[1], consts))
+             norm_scratch(hats, B, H, x.dtype), norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)))
     cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h, norms)
     return y, (h[T].copy(),), cache
 
@@ -146,7 +146,7 @@ def rnn_backward(dy, dstate, cache, grads=None):
     normed = hats[1].shape[0] > 0
     dhw = np.empty_like(dpre) if normed else hats[1]
     run_rows(_backward_rows, B, H, w_hh, dy, dh, lengths, h_new, act, dpre, mask, zones, dy_step, keeps, dgemm,
-             (params[2], hats[1], rstds[1], dhw, consts))
+             norm_args(hats, (params[2], hats[1], rstds[1], dhw, consts)))
     # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dp2 = dpre.reshape(T * B, H)
     dxw, dnorm_ih = norm_input_backward(dp2, params, hats, rstds, consts)
@@ -166,5 +166,5 @@ def backward_probe(dtype, act=TANH):
     n3 = np.zeros((0, 1, 1), dtype)
     return _backward_rows, (0, 0, 0, np.zeros((1, 1, panel_width(dtype)), dtype), n3, np.zeros((1, 1), dtype),
                             np.zeros(1, np.int64), np.zeros((1, 1, 1), dtype), int(act), n3, *options_probe(dtype, 1),
-                            norm_grads_probe(dtype))
+                            None)
 
