@@ -70,7 +70,7 @@ def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, m
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 3H) hold W_i x + b_i on entry; hw: (B, 3H) scratch for
     W_hh h of the current step; a, mask, zones, saved: the cell options (cells.cell_options);
-    norm_hh: (gain_hh, bias_hh, hat_h, rstd_h, consts), layer norm's (empty without it)."""
+    norm_hh: (gain_hh, bias_hh, hat_h, rstd_h, consts), layer norm's (None without it)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0]):
@@ -156,7 +156,7 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h, gates, hn, dgates, 
     and leaves as dh0; fills dgates: (T, B, 3H) with the input side's gate gradients; dgates_h:
     (B, 3H) scratch for the recurrent side's of the current step; mask, zones, dy_step, keeps,
     dgemm: the cell options and their scratch (common.grad_scratch); norm_hh: (gain_hh, hat_h,
-    rstd_h, dhw (T, B, 3H), consts), layer norm's (empty without it)."""
+    rstd_h, dhw (T, B, 3H), consts), layer norm's (None without it)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):

@@ -67,7 +67,7 @@ def cell_point(g_row, bias, c_prev_row, c_row):
 
 @njit(inline="always", fastmath=True, error_model="numpy")
 def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, b0, lengths, norm_c, zero):
-    # norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), hat_c empty without layer norm; then
+    # norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), None without layer norm; then
     # h' = o * tanh(LN_c(c')), LN_c(c') going through h_row on its way.
     B, H = c_prev.shape
     for b in range(B):
@@ -97,7 +97,7 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, 
     w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry; a, mask, zones,
     saved: the cell options (cells.cell_options); hw: (B, 4H) scratch, norm_hh: (gain_hh, bias_hh,
     hat_h, rstd_h, consts) and norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), layer norm's
-    (cells.layer_norm_arrays; empty without it)."""
+    (cells.layer_norm_arrays; None without it: common.norm_args)."""
     zero = h[0, 0, 0] * 0
     for t in range(gates.shape[0]):
         recurrent_gemm_forward(a[t, b0:b1], w_hh_t, gates[t, b0:b1], hw[b0:b1], t, b0, norm_hh, core)
@@ -206,7 +206,7 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, c_new, gates, d
     dhT, dcT and leave as dh0, dc0; fills dgates: (T, B, 4H), the pre-activation gate gradients.
     c_new: c, or under zoneout the cell's own c' before the mixing; mask, zones, dy_step, keeps,
     dgemm: the cell options and their scratch (common.grad_scratch); norm_hh: (gain_hh, hat_h,
-    rstd_h, dhw (T, B, 4H), consts) and norm_c (see _backward_step): layer norm's, empty without it."""
+    rstd_h, dhw (T, B, 4H), consts), None without layer norm, and norm_c (see _backward_step), empty arrays without it."""
     one = c[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):

@@ -53,7 +53,7 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h, a, mask, zones
     packed; h[1:] holds the input projection on entry: each step adds W_hh h to it and then
     overwrites it with the state, so there is no (T, B, H) scratch. a, mask, zones, saved: the cell
     options (cells.cell_options); hw: (B, H) scratch and norm_hh: (gain_hh, bias_hh, hat_h, rstd_h,
-    consts), layer norm's (empty without it)."""
+    consts), layer norm's (None without it)."""
     zero = h[0, 0, 0] * 0
     for t in range(y.shape[0]):
         recurrent_gemm_forward(a[t, b0:b1], w_hh_t, h[t + 1, b0:b1], hw[b0:b1], t, b0, norm_hh, core)
@@ -115,7 +115,7 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, lengths, h_new, act, dpre, mask
     and leaves as dh0; fills dpre: (T, B, H), the pre-activation gradients. h_new: h, or under
     zoneout the cell's own h' before the mixing; mask, zones, dy_step, keeps, dgemm: the cell
     options and their scratch (common.grad_scratch); norm_hh: (gain_hh, hat_h, rstd_h, dhw (T, B,
-    H), consts), layer norm's (empty without it)."""
+    H), consts), layer norm's (None without it)."""
     one = h_new[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(dpre.shape[0] - 1, -1, -1):
