@@ -25,7 +25,8 @@ from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_gr
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, normalise_recurrent, options_forward,
-    options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zoneout_add, zoneout_grads)
+    options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zoneout_add,
+    zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 

@@ -206,7 +206,8 @@ def _backward_rows(b0, b1, core, w_hh_p, dy, dh, dc, lengths, c, c_new, gates, d
     dhT, dcT and leave as dh0, dc0; fills dgates: (T, B, 4H), the pre-activation gate gradients.
     c_new: c, or under zoneout the cell's own c' before the mixing; mask, zones, dy_step, keeps,
     dgemm: the cell options and their scratch (common.grad_scratch); norm_hh: (gain_hh, hat_h,
-    rstd_h, dhw (T, B, 4H), consts), None without layer norm, and norm_c (see _backward_step), empty arrays without it."""
+    rstd_h, dhw (T, B, 4H), consts), None without layer norm, and norm_c (see _backward_step),
+    empty arrays without it."""
     one = c[0, 0, 0] * 0 + 1
     zero = one - one
     for t in range(gates.shape[0] - 1, -1, -1):
@@ -240,7 +241,8 @@ def lstm_backward(dy, dstate, cache, grads=None):
     dhw = np.empty_like(dgates) if normed else hats[1]
     dnorm_c = tuple(np.zeros((B, H), x.dtype) if hats[2].shape[0] else rstds[2] for _ in range(2))
     run_rows(_backward_rows, B, H, w_hh, dy, dh, dc, lengths, c, c_new, gates, dgates, mask, zones, dy_step, keeps,
-             dgemm, norm_args(hats, (params[2], hats[1], rstds[1], dhw, consts)), (params[4], params[5], hats[2], rstds[2], *dnorm_c, consts))
+             dgemm, norm_args(hats, (params[2], hats[1], rstds[1], dhw, consts)),
+             (params[4], params[5], hats[2], rstds[2], *dnorm_c, consts))
     # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dg2 = dgates.reshape(T * B, 4 * H)
     dxw, dnorm_ih = norm_input_backward(dg2, params, hats, rstds, consts)
