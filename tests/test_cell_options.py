@@ -12,7 +12,7 @@ import rnnfast as rf
 from rnnfast import testing
 from rnnfast.kernels.cpu import reference
 from rnnfast.random import dropout_mask, uniform
-from test_recurrent import as_state, as_tuple, make_layer, random_inputs, weighted_loss
+from test_recurrent import as_state, as_tuple, check_layer_gradients, make_layer, random_inputs
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 OPTIONS = {"recurrent_dropout": {"recurrent_dropout": 0.4}, "zoneout": {"zoneout": 0.3},
@@ -63,21 +63,7 @@ def test_gradients_match_central_differences_with_the_masks_fixed(cell, option, 
                        dropout=0.2, **OPTIONS[option])
     x, state = random_inputs(layer, T, B, rng)
     lengths = np.array([4, 2, 1]) if use_lengths else None
-    start = layer.rng_state()
-
-    def loss():
-        layer.set_rng_state(start)  # the same masks at every evaluation
-        return weighted_loss(layer, x, state, lengths, r_y, r_state)
-
-    layer.set_rng_state(start)
-    y, final = layer(x, as_state(layer, state), lengths)
-    r_y = rng.standard_normal(y.shape)
-    r_state = tuple(rng.standard_normal(f.shape) for f in as_tuple(final))
-    layer.zero_grad()
-    dx, dstate0 = layer.backward(r_y, as_state(layer, r_state))
-    analytic = {"x": dx, **{f"state{i}": d for i, d in enumerate(as_tuple(dstate0))}, **layer.grads}
-    variables = {"x": x, **{f"state{i}": s for i, s in enumerate(state)}, **layer.params}
-    testing.check_gradients(loss, variables, analytic, rtol=1e-5, atol=1e-7, entries=6)
+    check_layer_gradients(layer, x, state, lengths, rng, entries=6)
 
 
 @pytest.mark.parametrize("cell", CELLS)

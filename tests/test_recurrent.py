@@ -36,6 +36,27 @@ def weighted_loss(layer, x, state, lengths, r_y, r_state):
     return float(np.sum(y * r_y) + sum(np.sum(f * r) for f, r in zip(as_tuple(final), r_state)))
 
 
+def check_layer_gradients(layer, x, state, lengths, rng, entries=None):
+    """Central differences in float64 for every input, initial state and parameter of ``layer`` on
+    ``weighted_loss`` (random weights from ``rng``), with the layer's random draws (dropout, masks)
+    replayed at each evaluation from its rng state now, so they are fixed. Returns dx."""
+    start = layer.rng_state()
+
+    def loss():
+        layer.set_rng_state(start)  # the same masks at every evaluation
+        return weighted_loss(layer, x, state, lengths, r_y, r_state)
+
+    y, final = layer(x, as_state(layer, state), lengths)
+    r_y = rng.standard_normal(y.shape)
+    r_state = tuple(rng.standard_normal(f.shape) for f in as_tuple(final))
+    layer.zero_grad()
+    dx, dstate0 = layer.backward(r_y, as_state(layer, r_state))
+    analytic = {"x": dx, **{f"state{i}": d for i, d in enumerate(as_tuple(dstate0))}, **layer.grads}
+    variables = {"x": x, **{f"state{i}": s for i, s in enumerate(state)}, **layer.params}
+    testing.check_gradients(loss, variables, analytic, rtol=1e-5, atol=1e-7, entries=entries)
+    return dx
+
+
 # -- gradient checks: every cell x {1, 2 layers} x {uni, bi} x {with, without lengths} ------------
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("num_layers", [1, 2])
@@ -47,15 +68,7 @@ def test_gradients_match_central_differences(cell, num_layers, bidirectional, us
     layer = make_layer(cell, I, H, num_layers=num_layers, bidirectional=bidirectional, dtype=np.float64, seed=2)
     x, state = random_inputs(layer, T, B, rng, np.float64)
     lengths = np.array([4, 2, 1]) if use_lengths else None
-    y, final = layer(x, as_state(layer, state), lengths)
-    r_y = rng.standard_normal(y.shape)
-    r_state = tuple(rng.standard_normal(f.shape) for f in as_tuple(final))
-    layer.zero_grad()
-    dx, dstate0 = layer.backward(r_y, as_state(layer, r_state))
-    analytic = {"x": dx, **{f"state{i}": d for i, d in enumerate(as_tuple(dstate0))}, **layer.grads}
-    variables = {"x": x, **{f"state{i}": s for i, s in enumerate(state)}, **layer.params}
-    testing.check_gradients(lambda: weighted_loss(layer, x, state, lengths, r_y, r_state), variables, analytic,
-                            rtol=1e-5, atol=1e-7)
+    dx = check_layer_gradients(layer, x, state, lengths, rng)
     if use_lengths:  # padded inputs cannot matter
         assert np.all(dx[2:, 1] == 0) and np.all(dx[1:, 2] == 0)
 
