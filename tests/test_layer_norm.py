@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import rnnfast as rf
-from rnnfast import testing
 from rnnfast.kernels.cpu import reference
 from rnnfast.recurrent import param_shapes
 from test_recurrent import as_state, as_tuple, check_layer_gradients, make_layer, random_inputs
