@@ -43,7 +43,7 @@ from safetensors.numpy import save as _safetensors_bytes
 
 from rnnfast.backend import to_numpy
 from rnnfast.errors import CheckpointError, existing_file
-from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
+from rnnfast.models import CharRNN, Seq2Seq, SeqClassifier, SeqRegressor
 from rnnfast.rundir import temp_prefix
 
 FORMAT = "rnnfast-checkpoint"
@@ -202,7 +202,7 @@ def join_tensors(model_state: dict, optimizer_state: dict | None = None, carried
 
 # -- from a checkpoint back to a model ----------------------------------------------------------
 
-MODELS = {cls.__name__: cls for cls in (CharRNN, SeqRegressor, SeqClassifier)}
+MODELS = {cls.__name__: cls for cls in (CharRNN, SeqRegressor, SeqClassifier, Seq2Seq)}
 
 
 def from_config(config: dict):
@@ -219,7 +219,8 @@ def from_config(config: dict):
 # outgrow Unicode (0x110000 code points), and one LSTM layer of hidden size 65,536 is already
 # 2**35 weights (128 GiB in float32). The shapes check then holds what is built to what the file holds.
 SIZE_LIMITS = {"vocab_size": 0x110000, "hidden_size": 2**16, "embedding_dim": 2**16, "input_size": 2**16,
-               "output_size": 2**16, "num_classes": 2**20, "num_layers": 2**10}
+               "output_size": 2**16, "num_classes": 2**20, "num_layers": 2**10, "src_vocab_size": 2**24,
+               "tgt_vocab_size": 2**24}
 
 # safetensors' dtype names -> NumPy's, for the messages
 _DTYPE_NAMES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64", "I8": "int8",

@@ -398,6 +398,18 @@ class _Recurrent(Module):
         dx = dy.transpose(1, 0, 2) if self.batch_first else dy
         return dx, (tuple(dstate0) if self.has_cell_state else dstate0[0])
 
+    # -- step by step --------------------------------------------------------------------------
+    def take_cache(self):
+        """What the last :meth:`forward` kept for :meth:`backward`, handed over: the layer forgets it.
+        A caller that runs the layer one step at a time (a decoder feeding each step's output back
+        in) keeps one per call and returns each with :meth:`restore_cache` before its backward."""
+        cache, self._cache = self._cache, None
+        return cache
+
+    def restore_cache(self, cache) -> None:
+        """Make ``cache`` (from :meth:`take_cache`) the one the next :meth:`backward` runs through."""
+        self._cache = cache
+
     # -- reproducible dropout and weight drop ---------------------------------------------------
     def rng_state(self) -> dict:
         return {"seed": self.dropout_seed, "stream": self.dropout_stream}

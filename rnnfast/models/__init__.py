@@ -4,6 +4,8 @@
 - :mod:`~rnnfast.models.char`: :class:`CharRNN`; :mod:`~rnnfast.models.sampling`: its sampling rule
   (:func:`sample_from_logits`) and the step-by-step and compiled sampling paths.
 - :mod:`~rnnfast.models.sequence`: :class:`SeqRegressor` and :class:`SeqClassifier`.
+- :mod:`~rnnfast.models.seq2seq`: :class:`Seq2Seq`, an encoder-decoder with attention, and
+  :class:`PairSet`, translation pairs with how to score their decodings.
 - Rebuilding a model from its config or a checkpoint (:func:`from_config`, :func:`load_model`,
   :func:`load_weights`) is checkpoint I/O, in :mod:`rnnfast.checkpoint`; the names are here too.
 
@@ -30,13 +32,14 @@ CuPy; they are moved to the model's device (``model.to("gpu")``).
 from rnnfast.models.base import CELLS
 from rnnfast.models.char import CharRNN
 from rnnfast.models.sampling import sample_from_logits
+from rnnfast.models.seq2seq import PairSet, Seq2Seq
 from rnnfast.models.sequence import SeqClassifier, SeqRegressor
 
 # rnnfast.checkpoint builds models from configs, so it imports this package; the loaders it owns are
 # found here on first use, since importing them at the top would make the two import each other.
 _FROM_CHECKPOINT = ("MODELS", "from_config", "load_weights", "load_model")
 
-__all__ = ["CELLS", "CharRNN", "SeqClassifier", "SeqRegressor", "sample_from_logits", *_FROM_CHECKPOINT]
+__all__ = ["CELLS", "CharRNN", "PairSet", "Seq2Seq", "SeqClassifier", "SeqRegressor", "sample_from_logits", *_FROM_CHECKPOINT]
 
 
 def __getattr__(name):
