@@ -1,6 +1,7 @@
 """CSV and TSV tables: numeric columns (:func:`load_csv_column`, :func:`load_csv_columns`, for
-forecasting), texts and their labels (:func:`load_text_labels`, for classification) or texts alone
-(:func:`load_text_column`, to label new ones); every bad cell is a DataError naming its line.
+forecasting), texts and their labels (:func:`load_text_labels`, for classification), texts alone
+(:func:`load_text_column`, to label new ones) or pairs of texts (:func:`load_text_pairs`, for
+translation); every bad cell is a DataError naming its line.
 """
 from __future__ import annotations
 
@@ -104,15 +105,26 @@ def load_csv_columns(path, columns, *, header: bool = True, delimiter: str | Non
     return values
 
 
+def _text_columns(path, columns, options, what: str, delimiter: str | None,
+                  encoding: str) -> tuple[list[int], list[list[str]]]:
+    """The data rows of a CSV/TSV file with a header row: the line each is on, and for each of
+    ``columns`` its (stripped) fields in them; ``options`` as :func:`_column_index` takes them, one a
+    column; ``what``: what the rows hold, for the message of a file with a header alone."""
+    rows = _read_table(path, delimiter, encoding)
+    header, rows = rows[0][1], rows[1:]
+    indexes = [_column_index(header, column, path, option) for column, option in zip(columns, options)]
+    if not rows:
+        raise DataError(f"{path} has a header but no data rows; pass a file with {what} in it")
+    return ([line for line, _ in rows],
+            [[_field(row, index, line, column, path) for line, row in rows] for index, column in zip(indexes, columns)])
+
+
 def load_text_column(path, column="text", *, delimiter: str | None = None, encoding: str = "utf-8",
                      option: str | None = "--text-column") -> tuple[list[int], list[str]]:
     """The texts of one column of a CSV/TSV file with a header row, and the line each is on:
     ``(lines, texts)``, for labelling new texts; ``option`` as :func:`_column_index` takes it."""
-    rows = _read_table(path, delimiter, encoding)
-    index = _column_index(rows[0][1], column, path, option)
-    if len(rows) == 1:
-        raise DataError(f"{path} has a header but no data rows; pass a file with texts in it")
-    return [line for line, _ in rows[1:]], [_field(row, index, line, column, path) for line, row in rows[1:]]
+    lines, (texts,) = _text_columns(path, [column], [option], "texts", delimiter, encoding)
+    return lines, texts
 
 
 def load_text_labels(path, text_column="text", label_column="label", *, delimiter: str | None = None,
@@ -122,19 +134,10 @@ def load_text_labels(path, text_column="text", label_column="label", *, delimite
     Returns ``texts`` (N strings), ``labels`` (N,) int32 ids into ``label_names``, and the sorted
     distinct ``label_names`` (numerically sorted when every label is an integer, so "2" < "10").
     """
-    rows = _read_table(path, delimiter, encoding)
-    header, rows = rows[0][1], rows[1:]
-    t_idx = _column_index(header, text_column, path, "--text-column")
-    l_idx = _column_index(header, label_column, path, "--label-column")
-    if not rows:
-        raise DataError(f"{path} has a header but no data rows; pass a file with labelled texts in it")
-    texts, names = [], []
-    for line, row in rows:
-        label = _field(row, l_idx, line, label_column, path)
-        if not label:
-            raise DataError(f"{path} line {line} has an empty label; fill it in or remove that row")
-        texts.append(_field(row, t_idx, line, text_column, path))
-        names.append(label)
+    lines, (texts, names) = _text_columns(path, [text_column, label_column], ["--text-column", "--label-column"],
+                                          "labelled texts", delimiter, encoding)
+    if "" in names:
+        raise DataError(f"{path} line {lines[names.index('')]} has an empty label; fill it in or remove that row")
     distinct = set(names)
     if len(distinct) < 2:
         raise DataError(f"{path} has only the label {names[0]!r}; a classifier needs at least two classes")
@@ -142,3 +145,18 @@ def load_text_labels(path, text_column="text", label_column="label", *, delimite
     label_names = sorted(distinct, key=int if numeric else None)
     lookup = {n: i for i, n in enumerate(label_names)}
     return texts, np.array([lookup[n] for n in names], dtype=np.int32), label_names
+
+
+def load_text_pairs(path, source_column="source", target_column="target", *, delimiter: str | None = None,
+                    encoding: str = "utf-8",
+                    options=("--source-column", "--target-column")) -> tuple[list[int], list[str], list[str]]:
+    """Pairs of texts (a source and its translation) from a CSV/TSV file with a header row:
+    ``(lines, sources, targets)``, N each. An empty source or target is a DataError naming its line;
+    ``options``: the command-line options naming the two columns, as :func:`load_csv_columns` takes them."""
+    lines, (sources, targets) = _text_columns(path, [source_column, target_column], options,
+                                              "source and target texts", delimiter, encoding)
+    for side, column, texts in (("source", source_column, sources), ("target", target_column, targets)):
+        if "" in texts:
+            raise DataError(f"{path} line {lines[texts.index('')]} has an empty {side} (column {column!r}); "
+                            "fill it in or remove that row")
+    return lines, sources, targets
