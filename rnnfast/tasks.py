@@ -6,6 +6,8 @@
   training part; the last ``val_frac`` of the series is held out.
 - ``classify``: a CSV/TSV of texts and labels -> characters cut to ``seq_len``, a seeded shuffle,
   then ``val_frac`` of the rows held out.
+- ``translate``: a CSV/TSV of source texts and their translations -> character or word ids of each
+  side (vocabularies of the training pairs), a seeded shuffle, then ``val_frac`` of the pairs held out.
 
 Training and evaluation both read through here, so a held-out split read again later is cut
 exactly as training cut it, given the same arguments (``rnnfast train`` stores them in the checkpoint).
@@ -24,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from rnnfast.corpus import default_corpus_path
-from rnnfast.data import (StandardScaler, Scaler, Vocab, forecast_windows, load_csv_columns, load_text_labels,
-                          read_text, require_length, sliding_windows, split_ids)
+from rnnfast.data import (PAD, StandardScaler, Scaler, TokenVocab, Vocab, forecast_windows, load_csv_columns,
+                          load_text_labels, load_text_pairs, read_text, require_length, sliding_windows, split_ids)
 from rnnfast.errors import CheckpointError, DataError
 from rnnfast.metrics import bits_per_char
-from rnnfast.models import CharRNN, SeqClassifier, SeqRegressor
+from rnnfast.models import CharRNN, Seq2Seq, SeqClassifier, SeqRegressor
 
-TASKS = ("charlm", "forecast", "classify")
+TASKS = ("charlm", "forecast", "classify", "translate")
 
 
 @dataclass
@@ -183,6 +185,18 @@ def prior_loss(train_labels: np.ndarray, val_labels: np.ndarray, num_classes: in
     return float(-np.log(counts[val_labels] / counts.sum()).mean())
 
 
+def shuffled_split(n: int, val_frac: float, seed: int, path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Indexes of the training and the validation rows of ``n``: a shuffle fixed by ``seed``, then
+    ``val_frac`` of them (rounded) held out; too few for both parts is a DataError (``what``: the
+    rows' name in its message)."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_frac))
+    if n_val < 1 or n_val == n:
+        raise DataError(f"{path} has {n} {what}, too few to hold out {val_frac:.0%} "
+                        f"for validation and train on the rest; use more {what} or another --val-frac")
+    return order[:-n_val], order[-n_val:]
+
+
 def read_classify(path, *, seq_len: int, text_column="text", label_column="label", val_frac: float = 0.1,
                   seed: int = 0, encoding: str = "utf-8") -> TaskData:
     """Labelled texts of a CSV/TSV file as ids cut to ``seq_len``, with lengths and label ids; a
@@ -191,15 +205,10 @@ def read_classify(path, *, seq_len: int, text_column="text", label_column="label
     vocab = Vocab.from_text("".join(texts))
     ids, lengths = encode_texts(vocab, texts, seq_len, path)
     # Files of labelled texts are often sorted by label: shuffle (seeded) before holding rows out.
-    order = np.random.default_rng(seed).permutation(len(labels))
-    n_val = int(round(len(labels) * val_frac))
-    if n_val < 1 or n_val == len(labels):
-        raise DataError(f"{path} has {len(labels)} rows, too few to hold out {val_frac:.0%} "
-                        "for validation and train on the rest; use more rows or another --val-frac")
-    tr, va = order[:-n_val], order[-n_val:]
+    tr, va = shuffled_split(len(labels), val_frac, seed, path, "rows")
     return TaskData((ids[tr], lengths[tr], labels[tr]), (ids[va], lengths[va], labels[va]),
                     {"vocab": vocab.to_dict(), "labels": list(names)},
-                    f"{path} ({len(labels):,} texts, {len(names)} classes; {n_val:,} held out)",
+                    f"{path} ({len(labels):,} texts, {len(names)} classes; {len(va):,} held out)",
                     prior_loss(labels[tr], labels[va], len(names)), "label frequencies")
 
 
@@ -216,13 +225,80 @@ def classify_eval_data(meta: dict, path, *, seq_len: int, text_column="text", la
     return ids, lengths, np.array([known.index(names[k]) for k in labels], dtype=np.int32)
 
 
+# -- translate ----------------------------------------------------------------------------------
+
+def encode_pairs(source_vocab: TokenVocab, target_vocab: TokenVocab, sources, targets) -> tuple:
+    """N source texts and their N targets -> ``(src (N, S), src_lengths (N,), tgt (N, T), tgt_lengths (N,))``
+    int32, padded with PAD: each source's token ids, each target's followed by EOS (counted in its
+    length); tokens outside a vocabulary are UNK."""
+    return (*source_vocab.encode_batch(sources), *target_vocab.encode_batch(targets, eos=True))
+
+
+def read_translate(path, *, source_column="source", target_column="target", val_frac: float = 0.1, seed: int = 0,
+                   tokens: str = "char", min_count: int = 1, encoding: str = "utf-8") -> TaskData:
+    """Pairs of texts of a CSV/TSV file (a source and its translation on each row) as the four arrays of
+    :func:`encode_pairs`; a shuffle fixed by ``seed``, then ``val_frac`` of the pairs held out.
+
+    ``tokens``: "char" or "word" (:func:`rnnfast.data.split_words`), for both sides. Each side's
+    vocabulary holds the tokens of the training pairs seen at least ``min_count`` times there, so a
+    token only the held-out pairs have reads as UNK, as it would in new text. ``meta``: the two
+    vocabularies' dicts and the longest source and target of the file, in tokens (the target's
+    without its EOS). ``baseline``: the loss per target token (EOS included) of the training
+    targets' token frequencies, add-one smoothed.
+    """
+    lines, sources, targets = load_text_pairs(path, source_column, target_column, encoding=encoding)
+    tr, va = shuffled_split(len(lines), val_frac, seed, path, "pairs")
+    source_vocab = TokenVocab.build([sources[i] for i in tr], tokens, min_count)
+    target_vocab = TokenVocab.build([targets[i] for i in tr], tokens, min_count)
+    for side, vocab in (("source", source_vocab), ("target", target_vocab)):
+        if not vocab.tokens:
+            raise DataError(f"no {side} {tokens} of {path} occurs {min_count} times (--min-count) in the training "
+                            "pairs; use a smaller --min-count")
+    src, src_lengths, tgt, tgt_lengths = arrays = encode_pairs(source_vocab, target_vocab, sources, targets)
+    train, val = tuple(a[tr] for a in arrays), tuple(a[va] for a in arrays)
+    meta = {"source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(),
+            "max_source_len": int(src_lengths.max()), "max_target_len": int(tgt_lengths.max()) - 1}
+    baseline = unigram_loss(train[2][train[2] != PAD], val[2][val[2] != PAD], len(target_vocab))
+    return TaskData(train, val, meta,
+                    f"{path} ({len(lines):,} pairs, {len(source_vocab):,} source and {len(target_vocab):,} target "
+                    f"{tokens} ids; {len(va):,} held out)",
+                    baseline, "token frequencies")
+
+
+def translate_vocabs(meta: dict, checkpoint="the checkpoint") -> tuple[TokenVocab, TokenVocab]:
+    """The source and target vocabularies a translator's checkpoint keeps."""
+    return (TokenVocab.from_dict(checkpoint_part(meta, "source_vocab", checkpoint)),
+            TokenVocab.from_dict(checkpoint_part(meta, "target_vocab", checkpoint)))
+
+
+def translate_eval_data(meta: dict, path, *, source_column="source", target_column="target",
+                        encoding: str = "utf-8") -> tuple:
+    """The four arrays of :func:`encode_pairs` for every pair of a new file, read with the checkpoint's
+    vocabularies (tokens they lack are UNK)."""
+    _, sources, targets = load_text_pairs(path, source_column, target_column, encoding=encoding)
+    return encode_pairs(*translate_vocabs(meta), sources, targets)
+
+
+def encode_sources(meta: dict, lines, path="the input") -> tuple[np.ndarray, np.ndarray]:
+    """Texts to translate, one a line (``lines``: strings, their line ends and outer spaces ignored as
+    a pairs file's fields are) -> ``(src (N, S), src_lengths (N,))`` int32 with the checkpoint's source
+    vocabulary (tokens it lacks are UNK); an empty line is a DataError naming its line in ``path``."""
+    texts = [line.strip() for line in lines]
+    if "" in texts:
+        raise DataError(f"{path} line {texts.index('') + 1} is empty; give one text to translate on each line, "
+                        "or remove that line")
+    return translate_vocabs(meta)[0].encode_batch(texts)
+
+
 # -- all tasks ----------------------------------------------------------------------------------
 
 def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, cell: str = "lstm",
                 dropout: float = 0.0, dtype=np.float32, seed: int | None = None, bidirectional: bool = False,
-                horizon: int = 1, **options):
+                horizon: int = 1, attention: str = "bahdanau", teacher_forcing: float = 1.0, **options):
     """The task's model for ``td``, freshly initialised (the seed fixes every weight); ``options``:
-    the recurrent layer's regularisers and layer norm (weight_drop, recurrent_dropout, zoneout, layer_norm)."""
+    the recurrent layer's regularisers and layer norm (weight_drop, recurrent_dropout, zoneout, layer_norm),
+    and for translate any other :class:`~rnnfast.models.Seq2Seq` argument (decoder_cell, embedding_dim).
+    ``horizon`` is forecast's; ``attention`` and ``teacher_forcing`` are translate's."""
     common = dict(hidden_size=hidden_size, num_layers=num_layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
                   seed=seed, **options)
     if task == "charlm":
@@ -230,6 +306,11 @@ def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, c
     if task == "forecast":
         return SeqRegressor(1 + len(feature_columns(td.meta)), output_size=horizon, bidirectional=bidirectional,
                             **common)
+    if task == "translate":
+        source_vocab, target_vocab = translate_vocabs(td.meta)
+        return Seq2Seq(len(source_vocab), len(target_vocab), bidirectional=bidirectional, attention=attention,
+                       teacher_forcing=teacher_forcing, max_target_len=td.meta["max_target_len"],
+                       max_source_len=td.meta["max_source_len"], **common)
     return SeqClassifier(len(td.meta["vocab"]["chars"]), len(td.meta["labels"]), bidirectional=bidirectional,
                          **common)
 
@@ -238,6 +319,8 @@ def describe_loss(task: str, loss: float) -> str:
     """A validation loss with its units (and bits per character for a character model)."""
     if task == "charlm":
         return f"{loss:.4f} nats/char ({bits_per_char(loss):.3f} bpc, perplexity {math.exp(loss):.2f})"
+    if task == "translate":
+        return f"{loss:.4f} nats/token (perplexity {math.exp(loss):.2f})"
     if task == "forecast":
         return f"{loss:.4f} MSE (standardised units)"
     return f"{loss:.4f} cross-entropy"
