@@ -279,14 +279,16 @@ def translate_eval_data(meta: dict, path, *, source_column="source", target_colu
     return encode_pairs(*translate_vocabs(meta), sources, targets)
 
 
-def encode_sources(meta: dict, lines, path="the input") -> tuple[np.ndarray, np.ndarray]:
-    """Texts to translate, one a line (``lines``: strings, their line ends and outer spaces ignored as
-    a pairs file's fields are) -> ``(src (N, S), src_lengths (N,))`` int32 with the checkpoint's source
-    vocabulary (tokens it lacks are UNK); an empty line is a DataError naming its line in ``path``."""
-    texts = [line.strip() for line in lines]
+def encode_sources(meta: dict, texts, path="the input", lines=None) -> tuple[np.ndarray, np.ndarray]:
+    """Texts to translate (strings; line ends and outer spaces ignored, as a pairs file's fields are)
+    -> ``(src (N, S), src_lengths (N,))`` int32 with the checkpoint's source vocabulary (tokens it
+    lacks are UNK). An empty text is a DataError naming its line in ``path``: ``lines[i]`` (each
+    text's line number), or by default text i is on line i + 1 (one text a line)."""
+    texts = [text.strip() for text in texts]
     if "" in texts:
-        raise DataError(f"{path} line {texts.index('') + 1} is empty; give one text to translate on each line, "
-                        "or remove that line")
+        first = texts.index("")
+        raise DataError(f"{path} line {first + 1 if lines is None else lines[first]} is empty; give one text to "
+                        "translate on each line, or remove that line")
     return translate_vocabs(meta)[0].encode_batch(texts)
 
 

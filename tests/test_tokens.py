@@ -1,5 +1,6 @@
 """Token vocabularies (rnnfast.data.tokens): the word split, specials, min_count and <unk>, round trips,
 checkpoint dicts, padded batches."""
+import doctest
 import json
 import time
 
@@ -181,3 +182,11 @@ def test_a_hundred_thousand_short_lines_take_seconds_not_minutes():
     assert ids.shape == (100_000, 10) and (lengths == 10).all() and not (ids == UNK).any()
     # about 3 s on the 2-core development machine; the bound leaves room for a slow CI runner
     assert time.perf_counter() - start < 20
+
+
+def test_the_documented_examples_hold():
+    import rnnfast.data
+    import rnnfast.data.tokens
+
+    for module in (rnnfast.data.tokens, rnnfast.data):
+        assert doctest.testmod(module).failed == 0, module.__name__

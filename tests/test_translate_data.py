@@ -222,6 +222,8 @@ def test_encode_sources(tmp_path):
     with pytest.raises(DataError, match=r"in\.txt line 2 is empty; give one text to translate on each line, "
                                         r"or remove that line"):
         encode_sources(td.meta, ["hello", "   \n", "yes"], path="in.txt")
+    with pytest.raises(DataError, match=r"in\.tsv line 7 is empty"):       # a table's texts name their own lines
+        encode_sources(td.meta, ["hello", ""], "in.tsv", [2, 7])
     with pytest.raises(CheckpointError, match="malformed"):
         encode_sources({"source_vocab": {"kind": "char"}}, ["hi"])
 
