@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from rnnfast.bench.torch_reference import TORCH_CELLS
-from rnnfast.data.tokens import BOS, EOS, PAD
+from rnnfast.data import BOS, EOS, PAD
 ATTENTIONS = ("bahdanau", "luong", "none")
 
 

@@ -271,3 +271,16 @@ def test_beam_output_equals_torch(attention, length_penalty):
     ours.eval()
     expected = ref.beam(src, src_len, k=3, max_len=8, length_penalty=length_penalty)
     assert ours.translate(src, src_len, beam=3, max_len=8, length_penalty=length_penalty) == expected
+
+
+def test_translate_bench_models_write_a_trained_models_length_in_both_libraries():
+    pytest.importorskip("rnnfast.models.seq2seq", reason="rnnfast.models.seq2seq is not written yet")
+    from rnnfast.bench import translate
+
+    model, ref, src_vocab = translate.build("gru", 1, 16, "bahdanau")
+    src, src_len = src_vocab.encode_batch([s for s, _ in dates.make_pairs(8, seed=1)])
+    ours = model.translate(src, src_len, beam=1, max_len=translate.MAX_LEN)
+    assert [len(ids) for ids in ours] == [translate.MAX_LEN] * 8      # EOS never wins: no early stop
+    assert ours == ref.greedy(src, src_len, translate.MAX_LEN)
+    assert model.translate(src, src_len, beam=5, max_len=translate.MAX_LEN) == ref.beam(src, src_len, 5,
+                                                                                        translate.MAX_LEN)
