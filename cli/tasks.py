@@ -7,9 +7,16 @@ onto its keyword arguments and says which options a task lacks.
 """
 from __future__ import annotations
 
+import click
+
 from rnnfast import tasks
 from rnnfast.errors import CheckpointError, DataError
-from rnnfast.tasks import TASKS, TaskData
+from rnnfast.models import PairSet
+from rnnfast.tasks import TASKS, TaskData, translate_vocabs
+
+# The train options that only a translator reads: its columns, its vocabulary's cut-off, its model
+# and the decoding its validation scores.
+TRANSLATE_OPTIONS = ("source_column", "target_column", "min_count", "attention", "teacher_forcing", "beam")
 
 
 def _column(value):
@@ -53,6 +60,13 @@ def read_task(opts: dict) -> TaskData:
             raise DataError("--task forecast needs --column: the header name (or 0-based index) of the values to forecast")
         return tasks.read_forecast(data, _column(opts["column"]), window=opts["window"], horizon=opts["horizon"],
                                    val_frac=opts["val_frac"], encoding=opts["encoding"], features=features)
+    if task == "translate":
+        if data is None:
+            raise DataError("--task translate needs a CSV or TSV file with a source and a target column: "
+                            "rnnfast train pairs.tsv --task translate")
+        return tasks.read_translate(data, source_column=opts["source_column"], target_column=opts["target_column"],
+                                    tokens=opts["tokens"], min_count=opts["min_count"], val_frac=opts["val_frac"],
+                                    seed=opts["seed"], encoding=opts["encoding"])
     if data is None:
         raise DataError("--task classify needs a CSV or TSV file with a text and a label column: "
                         "rnnfast train reviews.tsv --task classify")
@@ -78,13 +92,43 @@ def classify_eval_data(meta: dict, opts: dict, path) -> tuple:
                                     label_column=opts["label_column"], encoding=opts["encoding"])
 
 
+def translate_eval_data(meta: dict, opts: dict, path) -> tuple:
+    """(src, src_lengths, tgt, tgt_lengths) of a new file of pairs, read with the checkpoint's vocabularies."""
+    return tasks.translate_eval_data(meta, path, source_column=opts["source_column"],
+                                     target_column=opts["target_column"], encoding=opts["encoding"])
+
+
+def translation_pairs(meta: dict, arrays: tuple, beam: int):
+    """What a translator's ``evaluate`` scores: the pairs ``arrays`` (src, src_lengths, tgt,
+    tgt_lengths), decoded with a beam of ``beam`` into text for BLEU and chrF."""
+    return PairSet(*arrays, detokenize=translate_vocabs(meta)[1].decode, beam=beam)
+
+
+def validation_data(opts: dict, td: TaskData, beam: int | None = None):
+    """The held-out part as the model's ``evaluate`` takes it: ``td.val``, or for a translator its
+    pairs decoded with ``beam`` (default: the run's --beam)."""
+    if opts["task"] != "translate":
+        return td.val
+    return translation_pairs(td.meta, td.val, opts["beam"] if beam is None else beam)
+
+
+def require_translate_metrics() -> None:
+    """A translator's validation scores BLEU and chrF with sacrebleu, an optional dependency."""
+    try:
+        import sacrebleu  # noqa: F401
+    except ImportError:
+        raise click.ClickException("a translation model is scored with BLEU and chrF by sacrebleu, which is not "
+                                   "installed: pip install 'rnnfast[translate]'") from None
+
+
 def build_model(opts: dict, td: TaskData):
     """The task's model, freshly initialised from the options (the seed fixes every weight)."""
     return tasks.build_model(opts["task"], td, hidden_size=opts["hidden"], num_layers=opts["layers"], cell=opts["cell"],
                              dropout=opts["dropout"], dtype=opts["dtype"], seed=opts["seed"],
                              bidirectional=opts["bidirectional"], horizon=opts["horizon"],
                              weight_drop=opts["weight_drop"], recurrent_dropout=opts["recurrent_dropout"],
-                             zoneout=opts["zoneout"], layer_norm=opts.get("layer_norm", False))
+                             zoneout=opts["zoneout"], layer_norm=opts.get("layer_norm", False),
+                             attention=opts["attention"], teacher_forcing=opts["teacher_forcing"])
 
 
 def task_of(meta: dict, path) -> tuple[str, dict]:

@@ -18,7 +18,8 @@ from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar, TensorBoardLog
 from rnnfast.checkpoint import check_model_fits, init_weights_from, load_checkpoint, read_meta
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
-from rnnfast.cli.tasks import build_model, read_task, task_of
+from rnnfast.cli.tasks import (TRANSLATE_OPTIONS, build_model, read_task, require_translate_metrics, task_of,
+                               validation_data)
 from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
 from rnnfast.errors import CheckpointError
 from rnnfast.optim import SGD, Adagrad, Adam, AdamW, Constant, CosineWarmup, ExponentialDecay, RMSprop, StepDecay, Warmup
@@ -55,7 +56,8 @@ RUN_OPTIONS = ("data", "task", "cell", "hidden", "layers", "dropout", "bidirecti
 # Checkpoints from before these options ran the constant rate, which their defaults give.
 LR_SCHEDULE_OPTIONS = ("lr_schedule", "warmup_steps", "lr_step_size", "lr_gamma", "min_lr")
 # Options newer than some checkpoints: a checkpoint without one ran what its default gives.
-NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "recurrent_dropout", "zoneout", "features", "layer_norm")
+NEWER_OPTIONS = LR_SCHEDULE_OPTIONS + ("weight_drop", "recurrent_dropout", "zoneout", "features", "layer_norm",
+                                       "tokens") + TRANSLATE_OPTIONS
 RUN_OPTIONS += NEWER_OPTIONS
 LIMITS = ("steps", "epochs", "time_budget")
 
@@ -64,14 +66,14 @@ LIMITS = ("steps", "epochs", "time_budget")
 DEFAULT_TIME_BUDGET = 180.0
 # The default 2x128 character model overfits the 61 KB built-in corpus within a minute without
 # dropout (validation 1.75 nats/char at step 600, 2.26 by step 1900); with 0.3 it reaches 1.68.
-DEFAULT_DROPOUT = {"charlm": 0.3, "forecast": 0.0, "classify": 0.0}
+DEFAULT_DROPOUT = {"charlm": 0.3, "forecast": 0.0, "classify": 0.0, "translate": 0.0}
 # Each task's regularisers when none is given. With recurrent dropout 0.25 besides the dropout, the
 # default character model's best validation loss on the built-in corpus fell from 1.677 (step 1200,
 # then overfitting) to below 1.59 by step 2300, and on (README: "The default run", measured in
 # step-limited runs); zoneout 0.1 got there later and needs more steps than 180 s give here.
 # Recurrent dropout acts in training only, so the default model still exports to ONNX.
 TASK_DEFAULTS = {"dropout": DEFAULT_DROPOUT,
-                 "recurrent_dropout": {"charlm": 0.25, "forecast": 0.0, "classify": 0.0}}
+                 "recurrent_dropout": {"charlm": 0.25, "forecast": 0.0, "classify": 0.0, "translate": 0.0}}
 # What a checkpoint from before an option with a task default ran: the option off.
 OFF_BEFORE = {"recurrent_dropout": 0.0}
 
@@ -98,7 +100,15 @@ class EvalReport(Callback):
 
     def on_eval_end(self, trainer, step, logs):
         mark = "  (best so far)" if logs["improved"] else ""
-        tqdm.write(f"step {step}: validation loss {describe_loss(self.task, logs['val_loss'])}{mark}", file=sys.stderr)
+        scores = _translation_scores(logs) if self.task == "translate" else ""
+        tqdm.write(f"step {step}: validation loss {describe_loss(self.task, logs['val_loss'])}{scores}{mark}",
+                   file=sys.stderr)
+
+
+def _translation_scores(logs: dict) -> str:
+    """A translator's validation scores beside its loss: the decoded held-out sources against their targets."""
+    return (f", exact match {100 * logs['val_exact_match']:.1f}%, BLEU {logs['val_bleu']:.2f}, "
+            f"chrF {logs['val_chrf']:.2f}")
 
 
 def _explicit(ctx: click.Context, name: str) -> bool:
@@ -183,8 +193,8 @@ def _initialised_options(ctx: click.Context, opts: dict, init_from: Path) -> tup
     if _explicit(ctx, "layer_norm") and opts["layer_norm"] != saved["layer_norm"]:
         raise click.UsageError(_layer_norm_differs(opts["layer_norm"], "--init-from checkpoint",
                                                    "train from scratch without --init-from"))
-    shape = ("cell", "hidden", "layers", "dtype", "bidirectional", "layer_norm") + (("horizon",) if task == "forecast"
-                                                                                   else ())
+    shape = ("cell", "hidden", "layers", "dtype", "bidirectional", "layer_norm") + {
+        "forecast": ("horizon",), "translate": ("attention",)}.get(task, ())
     for name in shape:
         if _explicit(ctx, name) and opts[name] != saved[name]:
             raise click.UsageError(f"--{name} {opts[name]} differs from the --init-from checkpoint's {saved[name]}; "
@@ -213,6 +223,22 @@ def _check_resumable(meta: dict, td, model, resume: Path) -> None:
     missing = [key for key in td.meta if key not in meta]
     if missing:
         raise CheckpointError(f"{damaged}: it lacks the {missing[0]} its run read the data with; {use}")
+
+
+def _check_task_options(ctx: click.Context, opts: dict) -> None:
+    """A translator's option set for another task is an error, not silently unused. Values are
+    compared with the defaults, not asked whether they were given, since every run's config.json
+    holds them all and --config RUN/config.json repeats any run."""
+    task = opts["task"]
+    if opts["tokens"] != "char" and task != "translate":
+        raise click.UsageError(f"--tokens {opts['tokens']} is for --task translate so far; a {task} model reads "
+                               "characters: drop --tokens")
+    if task == "translate":
+        return
+    defaults = {p.name: p.default for p in ctx.command.params}
+    for name in TRANSLATE_OPTIONS:
+        if opts[name] != defaults[name]:
+            raise click.UsageError(f"--{name.replace('_', '-')} is for --task translate; drop it for --task {task}")
 
 
 def _limits(ctx: click.Context, opts: dict, saved_limits: dict | None) -> dict:
@@ -282,6 +308,13 @@ def _write_plots(out: Path, opts: dict, model, td) -> list[Path]:
     return written
 
 
+def _describe_translator(opts: dict) -> str:
+    """For the start line: what a translator's options make of it (nothing for the other tasks)."""
+    if opts["task"] != "translate":
+        return ""
+    return f"with {opts['attention']} attention on {opts['tokens']} tokens "
+
+
 def _describe_world(world, batch_size: int) -> str:
     """For the start line: how many processes train (nothing for one)."""
     if world.size == 1:
@@ -293,21 +326,22 @@ def _describe_world(world, batch_size: int) -> str:
 @click.argument("data", required=False, type=click.Path(path_type=Path))
 @click.option("--task", type=click.Choice(TASKS), default="charlm", show_default=True,
               help="charlm: next-character model of a text; forecast: the next values of a CSV column; "
-                   "classify: labels of texts in a CSV/TSV file.")
+                   "classify: labels of texts in a CSV/TSV file; translate: a sequence-to-sequence model of "
+                   "the source and target columns of a CSV/TSV file.")
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), default="lstm", show_default=True,
               help="Recurrent cell (rnn is the tanh RNN).")
 @click.option("--hidden", type=click.IntRange(min=1), default=128, show_default=True, help="Hidden units per layer.")
 @click.option("--layers", type=click.IntRange(min=1), default=2, show_default=True, help="Stacked recurrent layers.")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
-              help="Dropout between layers and before the output layer, in [0, 1). "
-                   "[default: 0.3 for charlm, 0 for forecast and classify]")
+              help="Dropout between layers and before the output layer (a translator's embeddings too), "
+                   "in [0, 1). [default: 0.3 for charlm, 0 for the other tasks]")
 @click.option("--weight-drop", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
               help="DropConnect on the recurrent weights W_hh (AWD-LSTM), in [0, 1): one mask per layer "
                    "and batch, scaled by 1/(1-p), in training only.")
 @click.option("--recurrent-dropout", type=click.FloatRange(0, 1, max_open=True), default=None,
               help="Variational dropout on the state where it enters W_hh (Gal & Ghahramani; Keras's "
                    "recurrent_dropout), in [0, 1): one mask per sequence and layer for all steps, in training only.  "
-                   "[default: 0.25 for charlm, 0 for forecast and classify]")
+                   "[default: 0.25 for charlm, 0 for the other tasks]")
 @click.option("--zoneout", type=ZoneoutParam(), default=0.0, show_default=True, metavar="P|P_H,P_C",
               help="Zoneout (Krueger et al.): each unit keeps its previous state with probability P at each step; "
                    "eval uses the expectation. For --cell lstm, P_H,P_C zones h and c apart.")
@@ -316,7 +350,8 @@ def _describe_world(world, batch_size: int) -> str:
                    "pre-activations normalised apart, each with a gain and bias, and an LSTM's cell state before "
                    "its output tanh.")
 @click.option("--bidirectional", is_flag=True,
-              help="Read each sequence both ways (forecast and classify; a character model must read forwards).")
+              help="Read each sequence both ways (forecast, classify, and translate's encoder; a character model "
+                   "must read forwards).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,
               help="charlm: characters per training sequence (truncated BPTT length); classify: texts are cut "
                    "to this many characters.")
@@ -348,7 +383,8 @@ def _describe_world(world, batch_size: int) -> str:
               help="Stop cleanly, with a checkpoint, after this many seconds. With none of --steps, --epochs "
                    f"and --time-budget, a run stops after {DEFAULT_TIME_BUDGET:g} s.")
 @click.option("--val-frac", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True, help="Fraction of the data held out for validation (the end of a text or series).")
+              show_default=True, help="Fraction of the data held out for validation: the end of a text or series, "
+                                      "rows after a --seed shuffle for classify and translate.")
 @click.option("--eval-every", type=click.IntRange(min=1), default=100, show_default=True,
               help="Validate and write checkpoints every this many steps (and at the end).")
 @click.option("--patience", type=click.IntRange(min=0), default=None,
@@ -379,6 +415,24 @@ def _describe_world(world, batch_size: int) -> str:
                    "comma-separated), each standardised on the training part.")
 @click.option("--text-column", default="text", show_default=True, help="classify: the column holding the texts.")
 @click.option("--label-column", default="label", show_default=True, help="classify: the column holding the labels.")
+@click.option("--source-column", default="source", show_default=True,
+              help="translate: the column holding the texts to translate.")
+@click.option("--target-column", default="target", show_default=True,
+              help="translate: the column holding their translations.")
+@click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
+              help="What texts are split into: characters, or words (runs of letters and digits, each other "
+                   "mark a token of its own; translate only, so far).")
+@click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="translate --tokens word: a word seen fewer times in the training part is <unk>.")
+@click.option("--attention", type=click.Choice(["bahdanau", "luong", "none"]), default="bahdanau", show_default=True,
+              help="translate: how the decoder reads the encoder's outputs at each step: bahdanau (additive), "
+                   "luong (multiplicative, 'general'), or none (the encoder's final state alone).")
+@click.option("--teacher-forcing", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="translate: the share of decoder steps fed the true previous token in training, in (0, 1]; "
+                   "the others are fed the model's own likeliest token (scheduled sampling).")
+@click.option("--beam", type=click.IntRange(min=1), default=1, show_default=True,
+              help="translate: beam width of the decoding that validation scores (exact match, BLEU, chrF); "
+                   "1 is greedy. The loss, and so the best checkpoint, does not depend on it.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show the live progress bar.")
 @click.option("--tensorboard/--no-tensorboard", default=False, show_default=True,
               help="Also write TensorBoard event files to RUN/tensorboard (losses, learning rate, tokens/s, and "
@@ -392,7 +446,9 @@ def train(ctx, **opts):
     \b
     DATA is a text file for --task charlm (default: the built-in corpus, so
     plain `rnnfast train` works on a fresh install), a CSV for --task forecast,
-    and a CSV/TSV with text and label columns for --task classify.
+    a CSV/TSV with text and label columns for --task classify, and one with
+    source and target columns for --task translate (scored on the held-out
+    pairs by loss, exact match, BLEU and chrF; needs the translate extra).
 
     Shows a live progress bar (step, loss, validation loss, tokens/s, ETA) and
     writes metrics.jsonl, latest.safetensors, best.safetensors, config.json and
@@ -442,7 +498,11 @@ def train(ctx, **opts):
         if opts[name] is None:
             opts[name] = defaults[opts["task"]]
     if opts["bidirectional"] and opts["task"] == "charlm":
-        raise click.UsageError("--bidirectional is for --task forecast and classify; a character model reads forwards")
+        raise click.UsageError("--bidirectional is for --task forecast, classify and translate (its encoder); "
+                               "a character model reads forwards")
+    _check_task_options(ctx, opts)
+    if opts["task"] == "translate":
+        require_translate_metrics()  # before the data is read and the model built
     if isinstance(opts["zoneout"], list) and opts["cell"] != "lstm":
         raise click.UsageError(f"--zoneout P_H,P_C is for --cell lstm (h and c); a {opts['cell']} has only h: "
                                "give one fraction")
@@ -471,6 +531,7 @@ def train(ctx, **opts):
         init_weights_from(model, init_from, chars=td.meta.get("vocab", {}).get("chars"))
     if device == "gpu":
         model.to("gpu")
+    val_data = validation_data(opts, td)
     if opts["task"] == "charlm":
         train_data = StreamBatcher(td.train, opts["batch_size"], opts["seq_len"])
     else:
@@ -500,7 +561,7 @@ def train(ctx, **opts):
             callbacks.append(TensorBoardLogger(out / "tensorboard"))
         callbacks += ctx.meta.get(EXTRA_CALLBACKS, [])
         trainer = Trainer(
-            model, optimizer, train_data, td.val, clip=opts["clip"] or None, schedule=lr_schedule,
+            model, optimizer, train_data, val_data, clip=opts["clip"] or None, schedule=lr_schedule,
             eval_every=eval_every, early_stopping_patience=patience, out_dir=out,
             callbacks=callbacks if world.rank == 0 else [], world=world,
             meta={**td.meta, "cli": {"options": run_options, "limits": limits, "baseline": td.baseline,
@@ -520,7 +581,8 @@ def train(ctx, **opts):
         start = (f"resuming {resume} at step {trainer.step}" if resume else
                  f"training from the weights of {init_from}" if init_from else "training")
         click.echo(f"{start}: {opts['cell']} {opts['layers']}x{opts['hidden']} {opts['task']} model "
-                   f"({n_params:,} parameters) on {td.description}; {device} {opts['dtype']}; "
+                   f"{_describe_translator(opts)}({n_params:,} parameters) on {td.description}; "
+                   f"{device} {opts['dtype']}; "
                    f"{_describe_world(world, opts['batch_size'])}"
                    f"stops after {_describe_limits(limits)}; run directory {out}", err=True)
 
