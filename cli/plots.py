@@ -118,3 +118,30 @@ def plot_search_history(points: list[tuple[int, float, str]], title: str, ylabel
     png = io.BytesIO()
     fig.savefig(png, format="png")
     return png.getvalue()
+
+
+def _visible(token: str) -> str:
+    """A token as a tick label: a space (a character model's) drawn as an open box, so it shows."""
+    return token.replace(" ", "\u2423")
+
+
+def plot_attention(weights: np.ndarray, sources: list[str], targets: list[str], title: str) -> bytes | None:
+    """PNG bytes of a translation's attention, each written token's weights over the source tokens
+    as one row of a heat map, labelled with the tokens; None without matplotlib. weights: (T, S),
+    rows summing to 1; sources: the S source tokens; targets: the T tokens written."""
+    fig = _figure()
+    if fig is None:
+        return None
+    rows, cols = weights.shape
+    # about a third of an inch a token, so that the labels do not overlap, within a readable page
+    fig.set_size_inches(min(20.0, max(4.0, 2.0 + 0.32 * cols)), min(20.0, max(3.0, 1.5 + 0.32 * rows)))
+    ax = fig.add_subplot()
+    image = ax.imshow(weights, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto", interpolation="nearest")
+    words = max(map(len, sources), default=1) > 2  # long labels stand upright, side by side
+    ax.set_xticks(np.arange(cols), [_visible(t) for t in sources], rotation=90 if words else 0)
+    ax.set_yticks(np.arange(rows), [_visible(t) for t in targets])
+    ax.set(xlabel="source token", ylabel="translation token", title=title)
+    fig.colorbar(image, ax=ax, label="attention weight")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
+    return png.getvalue()

@@ -1,9 +1,10 @@
 """``rnnfast predict``: a checkpoint used on new data: the values after the end of a series, the labels
-of texts, or the loss of each line of a text. The task comes from the checkpoint, as for ``eval``.
+of texts, the loss of each line of a text, or the translation of each. The task comes from the
+checkpoint, as for ``eval``.
 
-Every task gives rows: printed as CSV, or written to ``--out`` (CSV, TSV for a ``.tsv`` name), or
-with ``--json`` as one JSON object a row. Files are written atomically, and never over the
-checkpoint or the data read.
+Every task gives rows: printed as CSV (a translator's: one translation a line), or written to
+``--out`` (CSV, TSV for a ``.tsv`` name), or with ``--json`` as one JSON object a row. Files are
+written atomically, and never over the checkpoint or the data read.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 from rnnfast.backend import to_numpy
 from rnnfast.checkpoint import load_model
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
-from rnnfast.cli.plots import plot_future
+from rnnfast.cli.plots import plot_attention, plot_future
 from rnnfast.cli.tasks import forecast_columns, task_of
 from rnnfast.data import Scaler, Vocab, load_csv_columns, load_text_column, read_text, require_length
 from rnnfast.errors import DataError, OutputError
@@ -26,7 +27,8 @@ from rnnfast.metrics import bits_per_char, perplexity
 from rnnfast.models.sampling import default_prime
 from rnnfast.prediction import forecast, future_rows_needed, text_losses
 from rnnfast.rundir import write_atomically
-from rnnfast.tasks import checkpoint_part, encode_texts, scale_features, scale_forecast_inputs
+from rnnfast.tasks import (checkpoint_part, encode_sources, encode_texts, scale_features, scale_forecast_inputs,
+                           translate_vocabs)
 
 # DATA with one of these names is a table (its text column is read); any other is one text a line.
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab")
@@ -57,11 +59,16 @@ def _forecast(model, meta: dict, opts: dict, data: Path, steps: int | None, futu
     return records, (values[:, 0], pred, str(target))
 
 
-def _texts(path: Path, column, encoding: str) -> tuple[list[int], list[str]]:
-    """The lines and texts of DATA: a table's text column, or each non-blank line of any other file."""
+def _texts(path: Path, column, encoding: str, skip_blank: bool = True) -> tuple[list[int], list[str]]:
+    """The lines and texts of DATA: a table's text column, or each non-blank line of any other file;
+    with ``skip_blank`` False every line, blank ones as "" (the newline that ends the last one
+    starts no line)."""
     if path.suffix.lower() in TABLE_SUFFIXES:
         return load_text_column(path, column, encoding=encoding)
-    numbered = [(n, line.strip()) for n, line in enumerate(read_text(path, encoding).split("\n"), 1) if line.strip()]
+    lines = read_text(path, encoding).split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    numbered = [(n, line.strip()) for n, line in enumerate(lines, 1) if line.strip() or not skip_blank]
     return [n for n, _ in numbered], [line for _, line in numbered]
 
 
@@ -97,11 +104,51 @@ def _score_lines(model, meta: dict, opts: dict, data: Path, checkpoint) -> list[
              "perplexity": perplexity(loss), "text": text} for n, text, loss in zip(lines, texts, losses)]
 
 
+def _translate(model, meta: dict, opts: dict, data: Path, text_column, beam: int, attention: bool,
+               checkpoint) -> tuple[list[dict], tuple | None]:
+    """One row per input (each line of DATA, blank ones an error, so that the translations line up
+    with them; or a table's source column): its line, the text and its translation. With
+    ``attention``, also the first input's attention weights (T_out, S) and the tokens that label them."""
+    lines, texts = _texts(data, opts["source_column"] if text_column is None else text_column, opts["encoding"],
+                          skip_blank=False)
+    src, lengths = encode_sources(meta, texts, data, lines)
+    _warn_of_long_sources(model, lengths, lines, data)
+    if attention:
+        translations, weights = model.translate(src, lengths, beam=beam, return_attention=True)
+    else:
+        translations, weights = model.translate(src, lengths, beam=beam), None
+    source_vocab, target_vocab = translate_vocabs(meta, checkpoint)
+    records = [{"line": n, "text": text, "translation": target_vocab.decode(ids)}
+               for n, text, ids in zip(lines, texts, translations)]
+    if weights is None:
+        return records, None
+    sources = source_vocab.tokenize(texts[0])
+    targets = [target_vocab.decode([i]) for i in translations[0]]
+    targets += ["<eos>"] * (len(weights[0]) - len(targets))  # the step that wrote the end of the translation
+    return records, (np.asarray(weights[0]), sources, targets, lines[0])
+
+
+def _warn_of_long_sources(model, lengths: np.ndarray, lines: list[int], data: Path) -> None:
+    """One line on stderr when inputs are longer than every training source: they are translated
+    anyway, but a model has not learnt to read that far, and its output stops at max_target_len."""
+    longest = model.max_source_len
+    if longest is None or lengths.max() <= longest:
+        return
+    long = np.flatnonzero(lengths > longest)
+    first = int(long[0])
+    where = f"{data} line {lines[first]} ({int(lengths[first])} tokens)"
+    which = f"{where} is" if len(long) == 1 else f"{len(long)} inputs, the first {where}, are"
+    click.echo(f"warning: {which} longer than any training source ({longest} tokens); translated anyway, each "
+               f"output capped at {model.max_target_len} tokens (the model's max_target_len)", err=True)
+
+
 def _render(records: list[dict], as_json: bool, delimiter: str) -> str:
     """Rows as JSON Lines, or as a CSV table with a header (a classifier's per-label probabilities
     only in JSON, where they fit one field)."""
     if as_json:
         return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    if "translation" in records[0]:  # one a line, as the inputs were
+        return "".join(r["translation"] + "\n" for r in records)
     fields = [k for k in records[0] if k != "probabilities"]
     table = io.StringIO()
     writer = csv.writer(table, delimiter=delimiter, lineterminator="\n")
@@ -136,16 +183,22 @@ def _write(path: Path, data: bytes, flag: str) -> None:
 @click.option("--plot", type=click.Path(path_type=Path), default=None, metavar="FILE.png",
               help="forecast: draw the end of the series and the forecast, the future shaded (needs matplotlib).")
 @click.option("--text-column", default=None,
-              help="classify: the column of a CSV/TSV DATA holding the texts.  [default: the training run's]")
+              help="classify, translate: the column of a CSV/TSV DATA holding the texts.  [default: the training "
+                   "run's text or source column]")
+@click.option("--beam", type=click.IntRange(min=1), default=None,
+              help="translate: beam width (1: greedy decoding).  [default: the training run's --beam]")
+@click.option("--attention-plot", type=click.Path(path_type=Path), default=None, metavar="FILE.png",
+              help="translate: draw the attention of the first input's translation, target tokens against source "
+                   "tokens (needs matplotlib, and a model trained with attention).")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Write the rows to this file (CSV, TSV for a .tsv name, JSON Lines with --json) instead of "
-                   "printing them.")
+              help="Write the rows to this file (CSV, TSV for a .tsv name, JSON Lines with --json; a translator's "
+                   "translations one a line) instead of printing them.")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per row; a classifier's also holds every label's probability.")
 @click.option("--encoding", default=None, help="Text encoding of DATA  [default: the training run's]")
 @device_option("auto")
 @config_option
-def predict(checkpoint, data, steps, future, plot, text_column, out, as_json, encoding, device):
+def predict(checkpoint, data, steps, future, plot, text_column, beam, attention_plot, out, as_json, encoding, device):
     """Use CHECKPOINT on DATA; what it gives depends on the task it was trained for.
 
     \b
@@ -157,6 +210,11 @@ def predict(checkpoint, data, steps, future, plot, text_column, out, as_json, en
       every label's probability.
     charlm: each non-blank line of DATA scored: nats per character, bits per
       character and perplexity (low for text like the training text).
+    translate: the translation of each line of DATA (or of the source column
+      of a .csv/.tsv), one a line in the same order; a blank line is an error.
+      A text longer than any training source is translated anyway, with one
+      warning line on stderr: the output stops at the model's max_target_len
+      tokens, and past the lengths it learnt on it is seldom right.
     """
     device = resolve_device(device)
     model, meta = load_model(checkpoint)
@@ -167,20 +225,31 @@ def predict(checkpoint, data, steps, future, plot, text_column, out, as_json, en
     for flag, value in forecast_only.items():
         if value is not None and task != "forecast":
             raise click.UsageError(f"{flag} is for a forecaster, and {checkpoint} holds a {task} model; drop it")
-    if text_column is not None and task != "classify":
-        raise click.UsageError(f"--text-column is for a classifier, and {checkpoint} holds a {task} model; drop it")
+    if text_column is not None and task not in ("classify", "translate"):
+        raise click.UsageError(f"--text-column is for a classifier or a translator, and {checkpoint} holds a {task} "
+                               "model; drop it")
+    translate_only = {"--beam": beam, "--attention-plot": attention_plot}
+    for flag, value in translate_only.items():
+        if value is not None and task != "translate":
+            raise click.UsageError(f"{flag} is for a translation model, and {checkpoint} holds a {task} model; "
+                                   "drop it")
+    if attention_plot is not None and opts["attention"] == "none":
+        raise click.UsageError(f"--attention-plot: {checkpoint} was trained with --attention none, so it has no "
+                               "attention to draw; drop --attention-plot, or train with --attention bahdanau or luong")
     if future is not None and not forecast_columns(meta, opts)[1:]:
         raise click.UsageError(f"--future gives the values of a forecaster's --features, and {checkpoint} reads "
                                "none; drop it")
     if data is None:
         if task != "forecast":
-            kind = ("texts: a .csv/.tsv with a text column, or one text a line" if task == "classify" else
-                    "a text whose lines to score")
+            kind = {"classify": "texts: a .csv/.tsv with a text column, or one text a line",
+                    "translate": "the texts to translate: one a line, or a .csv/.tsv with a source column",
+                    "charlm": "a text whose lines to score"}[task]
             raise click.UsageError(f"{checkpoint} holds a {task} model; pass DATA, {kind}")
         data = Path(opts["data"])
     read = {"the checkpoint": checkpoint, "DATA": data, "the --future file": future}
     _check_destination(out, "--out", read)
     _check_destination(plot, "--plot", read)
+    _check_destination(attention_plot, "--attention-plot", read)
     if device == "gpu":
         model.to("gpu")
 
@@ -188,21 +257,31 @@ def predict(checkpoint, data, steps, future, plot, text_column, out, as_json, en
         records, (history, pred, name) = _forecast(model, meta, opts, data, steps, future, checkpoint)
     elif task == "classify":
         records = _classify(model, meta, opts, data, text_column, checkpoint)
+    elif task == "translate":
+        records, attention = _translate(model, meta, opts, data, text_column, opts["beam"] if beam is None else beam,
+                                        attention_plot is not None, checkpoint)
     else:
         records = _score_lines(model, meta, opts, data, checkpoint)
     text = _render(records, as_json, "\t" if out is not None and out.suffix.lower() == ".tsv" else ",")
-    png = None
+    png, drawn = None, None  # the plot's bytes, and (where, flag)
     if plot is not None:
         shown = min(len(history), max(PLOTTED_HISTORY, 4 * len(pred)))
         png = plot_future(history[-shown:], pred, f"{name}: {len(pred)} steps past {data.name}", name,
                           first=len(history) - shown)
-        if png is None:
-            raise click.ClickException("--plot needs matplotlib: pip install 'rnnfast[plot]'")
+        drawn = plot, "--plot"
+    if attention_plot is not None:
+        weights, sources, targets, line = attention
+        png = plot_attention(weights, sources, targets, f"attention: {data.name} line {line}")
+        drawn = attention_plot, "--attention-plot"
+    if drawn is not None and png is None:
+        raise click.ClickException(f"{drawn[1]} needs matplotlib: pip install 'rnnfast[plot]'")
+    # translations printed are one a line and nothing else, so the note of a plot goes to stderr
+    notes_to_stderr = task == "translate" and out is None
     if out is None:
         click.echo(text, nl=False)
     else:
         _write(out, text.encode("utf-8"), "--out")
-        click.echo(f"wrote {out} ({len(records)} rows)")
+        click.echo(f"wrote {out} ({len(records)} {'translations' if task == 'translate' else 'rows'})")
     if png is not None:
-        _write(plot, png, "--plot")
-        click.echo(f"wrote {plot}")
+        _write(drawn[0], png, drawn[1])
+        click.echo(f"wrote {drawn[0]}", err=notes_to_stderr)
