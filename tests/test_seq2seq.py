@@ -116,8 +116,8 @@ def trained():
     rng = np.random.default_rng(0)
     vocab = EOS + 1 + 8
     train, val = reversal(rng, 3000, vocab), reversal(rng, 200, vocab)
-    model = Seq2Seq(vocab, vocab, hidden_size=48, attention="bahdanau", seed=0, max_target_len=8)
-    result = rf.fit(model, rf.data.ArrayBatcher(train, 32, seed=0), PairSet(*val), lr=3e-3, clip=5.0, steps=400,
+    model = Seq2Seq(vocab, vocab, hidden_size=64, attention="bahdanau", seed=0, max_target_len=8)
+    result = rf.fit(model, rf.data.ArrayBatcher(train, 32, seed=0), PairSet(*val), lr=2e-3, clip=5.0, steps=400,
                     eval_every=400)
     return model, val, result
 
@@ -213,3 +213,25 @@ def test_bad_decoding_arguments():
     with pytest.raises(ValueError, match="src_lengths must be >= 1"):
         model.translate(src, np.array([0]))
     assert all(len(t) <= 3 for t in model.translate(src, src_lengths, max_len=3, beam=2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_additive_scores_match_the_array_formulas(dtype, monkeypatch):
+    """kernels/cpu/attention.py against the formulas it replaces (the GPU path), forward and backward."""
+    from rnnfast.models import seq2seq
+
+    rng = np.random.default_rng(4)
+    B, N, S, H, K = 3, 2, 6, 5, 7
+    keys, q = rng.standard_normal((B, S, K)).astype(dtype), rng.standard_normal((B, N, H)).astype(dtype)
+    lengths, dcontext = np.array([6, 3, 1]), rng.standard_normal((B, N, K)).astype(dtype)
+    results = []
+    for compiled in (True, False):
+        monkeypatch.setattr(seq2seq, "_compiled", lambda backend, x, compiled=compiled: compiled)
+        attention = Attention("bahdanau", H, K, dtype=dtype, seed=0)
+        attention.prepare(keys, lengths)
+        context, weights, cache = attention.attend(q)
+        dq = attention.attend_backward(dcontext, cache)
+        results.append([context, weights, dq, attention.prepare_backward(), *attention.grads.values()])
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for ours, formula in zip(*results):
+        np.testing.assert_allclose(ours, formula, rtol=tol, atol=tol)

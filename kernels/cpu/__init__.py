@@ -5,6 +5,7 @@ from rnnfast.kernels.cells import ACTIVATIONS
 
 import numpy as np
 
+from rnnfast.kernels.cpu.attention import additive_scores, additive_scores_backward
 from rnnfast.kernels.cpu.cross_entropy import cross_entropy_rows
 from rnnfast.kernels.cpu.embedding import embedding_backward
 from rnnfast.kernels.cpu.gemm import matmul
@@ -29,5 +30,5 @@ KERNELS = {
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 __all__ = ["KERNELS", "matmul", "generate", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward", "gru_backward"]
-__all__ += ["FLOAT_DTYPES", "cross_entropy_rows", "embedding_backward", "sgd_step", "adam_step", "square_avg_step",
+__all__ += ["FLOAT_DTYPES", "additive_scores", "additive_scores_backward", "cross_entropy_rows", "embedding_backward", "sgd_step", "adam_step", "square_avg_step",
             "sum_of_squares", "GENERATE_COMPILE_PAYS_AT", "compile_generate_in_background", "generate_compiled_for"]

@@ -3,8 +3,8 @@ any cell with Bahdanau (additive), Luong (multiplicative) or no attention, train
 forcing and decoded greedily or by beam search; :class:`Attention` holds the attention's forward
 and backward, written out.
 
-Token ids on both sides: 0 ``<pad>``, 1 ``<bos>``, 2 ``<eos>`` (:data:`PAD`, :data:`BOS`, :data:`EOS`;
-:class:`rnnfast.data.TokenVocab` numbers them so). A batch is ``(src (B, S), src_lengths (B,),
+Token ids on both sides: 0 ``<pad>``, 1 ``<bos>``, 2 ``<eos>`` (``rnnfast.data``'s PAD, BOS, EOS, as
+:class:`rnnfast.data.TokenVocab` numbers them). A batch is ``(src (B, S), src_lengths (B,),
 tgt (B, T), tgt_lengths (B,))``, padded with 0, each target ending in EOS (counted in its length).
 
     >>> import numpy as np, rnnfast as rf
@@ -40,6 +40,7 @@ from typing import Callable
 import numpy as np
 
 from rnnfast.backend import get_array_module, get_backend, to_numpy
+from rnnfast.data import BOS, EOS, PAD
 from rnnfast.layers import Dropout, Embedding, Linear
 from rnnfast.losses import cross_entropy
 from rnnfast.models.base import Model, child_seeds, recurrent_layer, recurrent_shapes, regularisers, resolve_seed
@@ -47,7 +48,6 @@ from rnnfast.module import Module
 from rnnfast.random import uniform
 from rnnfast.recurrent import param_shapes
 
-PAD, BOS, EOS = 0, 1, 2
 ATTENTIONS = ("bahdanau", "luong", "none")
 
 
@@ -94,6 +94,11 @@ def _affine_backward(layer: Linear, x, dy):
     return matmul(dy2, w).reshape(x.shape)
 
 
+def _compiled(backend, x) -> bool:
+    """Whether the additive scores run compiled (kernels/cpu/attention.py): on the CPU, in float32/64."""
+    return backend.name == "cpu" and x.dtype in backend.kernels.FLOAT_DTYPES
+
+
 def _dtanh(dy, y):
     return dy * (1 - y * y)
 
@@ -110,6 +115,8 @@ class Attention(Module):
     :meth:`prepare` takes the keys of a batch once; :meth:`attend` then serves any number of query
     calls, each returning what its :meth:`attend_backward` needs; :meth:`prepare_backward` ends
     the backward pass with the keys' gradient. Batch-first inside: keys (B, S, K), queries (B, N, H).
+    On the CPU the additive scores are one compiled pass each way (kernels/cpu/attention.py); the
+    array formulas here are the GPU path and their specification.
     """
 
     def __init__(self, kind: str, query_size: int, key_size: int, dtype=np.float32, seed: int | None = None):
@@ -124,27 +131,33 @@ class Attention(Module):
             self.add("score", Linear(query_size, 1, bias=False, dtype=dtype, seed=s[2]))
         else:
             self.add("key", Linear(key_size, query_size, bias=False, dtype=dtype, seed=s[1]))
-        self._keys = None
+        self._keys = self._lengths = None
 
     def prepare(self, keys, lengths):
         """keys: (B, S, K); lengths: (B,) valid positions of each row (on keys' device)."""
         xp = get_array_module(keys)
         valid = xp.arange(keys.shape[1])[None, :] < lengths[:, None]  # (B, S)
         projected = self.key(keys)  # (B, S, H); the key layer keeps keys for prepare_backward
+        self._lengths = np.asarray(to_numpy(lengths), np.intp) if _compiled(get_backend(keys), keys) else None
         self._keys = (keys, projected, valid, xp.zeros_like(keys), xp.zeros_like(projected))
 
     def attend(self, q):
         """q: (B, N, H) -> context (B, N, K), weights (B, N, S), and the cache of this call."""
         keys, projected, valid, _, _ = self._keys
-        xp = get_array_module(q)
-        if self.kind == "bahdanau":
+        backend = get_backend(q, keys)
+        xp = backend.xp
+        pre = None
+        if self.kind == "luong":
+            scores = xp.where(valid[:, None, :], q @ projected.transpose(0, 2, 1), -xp.inf)
+        elif _compiled(backend, q):
+            B, N, S, H = q.shape[:2] + projected.shape[1:]
+            pre, scores = np.empty((B, N, S, H), q.dtype), np.full((B, N, S), -np.inf, q.dtype)
+            backend.kernels.additive_scores(projected, _affine(self.query, q), self.score.params["weight"][0],
+                                            self._lengths, pre, scores)
+        else:
             # pre: (B, N, S, H), the additive score's hidden layer for each query and position
             pre = xp.tanh(projected[:, None] + _affine(self.query, q)[:, :, None])
-            scores = (pre @ self.score.params["weight"][0])
-        else:
-            pre = None
-            scores = q @ projected.transpose(0, 2, 1)
-        scores = xp.where(valid[:, None, :], scores, -xp.inf)
+            scores = xp.where(valid[:, None, :], pre @ self.score.params["weight"][0], -xp.inf)
         scores = scores - scores.max(axis=2, keepdims=True)
         weights = xp.exp(scores)
         weights /= weights.sum(axis=2, keepdims=True)
@@ -162,6 +175,12 @@ class Attention(Module):
             dprojected += dscores.transpose(0, 2, 1) @ q
             return dscores @ projected
         w = self.score.params["weight"]
+        backend = get_backend(q, keys)
+        if _compiled(backend, q):
+            dquery = np.empty(q.shape[:2] + (w.shape[1],), q.dtype)
+            backend.kernels.additive_scores_backward(pre, w[0], dscores, self._lengths, dprojected, dquery,
+                                                     self.score.grads["weight"][0])
+            return _affine_backward(self.query, q, dquery)
         self.score.grads["weight"] += (dscores[..., None] * pre).sum(axis=(0, 1, 2))[None]
         dz = _dtanh(dscores[..., None] * w[0], pre)  # (B, N, S, H)
         dprojected += dz.sum(axis=1)
