@@ -312,7 +312,8 @@ def _describe_translator(opts: dict) -> str:
     """For the start line: what a translator's options make of it (nothing for the other tasks)."""
     if opts["task"] != "translate":
         return ""
-    return f"with {opts['attention']} attention on {opts['tokens']} tokens "
+    attention = "without attention" if opts["attention"] == "none" else f"with {opts['attention']} attention"
+    return f"{attention} on {opts['tokens']} tokens "
 
 
 def _describe_world(world, batch_size: int) -> str:
