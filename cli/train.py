@@ -206,6 +206,18 @@ def _initialised_options(ctx: click.Context, opts: dict, init_from: Path) -> tup
     return opts, meta
 
 
+def _check_same_vocabularies(init_meta: dict, td, data, init_from: Path) -> None:
+    """A translator's embeddings and head are rows of its two vocabularies, and only a character
+    model's rows are carried over to new tokens: a new run from a translator's weights needs data
+    with the same vocabularies, or its rows would silently mean other tokens."""
+    for side in ("source", "target"):
+        key = f"{side}_vocab"
+        if init_meta.get(key) != td.meta[key]:
+            raise click.UsageError(f"the {side} tokens of {data} are not those of --init-from {init_from}, and a "
+                                   "translator's weights follow its vocabularies; use data with the same tokens "
+                                   "(and --tokens, --min-count), or train from scratch")
+
+
 def _check_resumable(meta: dict, td, model, resume: Path) -> None:
     """A checkpoint must agree with itself: the model it describes is the one its run's settings
     build, and it holds what reading the data needs (the vocabulary, ...). Otherwise it was damaged
@@ -529,6 +541,8 @@ def train(ctx, **opts):
         if opts["task"] == "classify" and init_meta["labels"] != td.meta["labels"]:
             raise click.UsageError(f"the labels of {opts['data']} are not those of --init-from {init_from} "
                                    f"({', '.join(map(repr, init_meta['labels']))}); use data with the same labels")
+        if opts["task"] == "translate":
+            _check_same_vocabularies(init_meta, td, opts["data"], init_from)
         init_weights_from(model, init_from, chars=td.meta.get("vocab", {}).get("chars"))
     if device == "gpu":
         model.to("gpu")

@@ -138,6 +138,19 @@ def test_resume_keeps_the_translators_options_and_continues_exactly(word_pairs_t
     assert TokenVocab.from_dict(meta["source_vocab"]).unit == "word"
 
 
+def test_init_from_a_translator_needs_its_vocabularies_and_attention(translator, pairs_tsv, tmp_path):
+    ckpt = translator[0] / "best.safetensors"
+    args = ["--task", "translate", *TINY, "--init-from", ckpt, "--steps", 1]
+    result = run("train", pairs_tsv, *args, "--out", tmp_path / "same")
+    assert "training from the weights of" in result.stderr
+    other = write_pairs(tmp_path / "other.tsv", [("xyz", "zyx"), ("zzy", "yzz")] * 10)
+    result = run("train", other, *args, "--out", tmp_path / "other", ok=False)
+    assert "the source tokens of" in result.stderr and "are not those of --init-from" in result.stderr
+    result = run("train", pairs_tsv, *args, "--attention", "luong", "--out", tmp_path / "luong", ok=False)
+    assert "--attention luong differs from the --init-from checkpoint's bahdanau" in result.stderr
+    assert not (tmp_path / "other").exists() and not (tmp_path / "luong").exists()
+
+
 def test_a_checkpoint_from_before_the_translate_options_resumes_evaluates_and_predicts(classifier, tmp_path):
     copy = shutil.copytree(classifier.parent, tmp_path / "run") / "latest.safetensors"
     tensors, meta = load_checkpoint(copy)
