@@ -436,7 +436,8 @@ def _describe_world(world, batch_size: int) -> str:
               help="What texts are split into: characters, or words (runs of letters and digits, each other "
                    "mark a token of its own; translate only, so far).")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="translate --tokens word: a word seen fewer times in the training part is <unk>.")
+              help="translate: a token (a word, or a character) seen fewer times in the training pairs reads as "
+                   "<unk>.")
 @click.option("--attention", type=click.Choice(["bahdanau", "luong", "none"]), default="bahdanau", show_default=True,
               help="translate: how the decoder reads the encoder's outputs at each step: bahdanau (additive), "
                    "luong (multiplicative, 'general'), or none (the encoder's final state alone).")
