@@ -199,8 +199,8 @@ class Seq2Seq(Model):
     ``bridge``, ``dec_embed``, ``decoder`` (of ``decoder_cell``, default ``cell``), ``attention``
     (bahdanau, luong), ``combine`` (luong), ``head``; ``enc_drop``, ``dec_drop`` and ``drop``
     apply ``dropout`` to the embeddings and before the head. ``embedding_dim`` defaults to
-    ``hidden_size``. ``max_target_len``: the longest output decoding writes unless told (the
-    longest target of training); ``max_source_len``: the longest source seen in training, for
+    ``hidden_size``. ``max_target_len``: the longest output, in tokens before its EOS, that decoding
+    writes unless told (the longest target of training); ``max_source_len``: the longest source seen in training, for
     callers that warn about longer ones.
     """
 
@@ -463,11 +463,12 @@ class Seq2Seq(Model):
         sources at a time. src: (N, S) ids, src_lengths: (N,). Returns N lists of target ids (up to
         their EOS, which is left out), and with ``return_attention`` N arrays (T_n, S_n) of attention
         weights, a row per written token (its EOS included), or N Nones without attention.
-        ``max_len``: tokens written at most (default ``max_target_len``); beam search ranks its
-        finished hypotheses by total log-probability / length ** ``length_penalty``."""
+        ``max_len``: tokens written at most, an EOS included (default ``max_target_len + 1``: the
+        longest target of training and its EOS); beam search ranks its hypotheses by total
+        log-probability / length ** ``length_penalty``, the length counting the EOS."""
         if not isinstance(beam, (int, np.integer)) or beam < 1:
             raise ValueError(f"beam must be a positive integer, got {beam!r}")
-        max_len = self.max_target_len if max_len is None else int(max_len)
+        max_len = self.max_target_len + 1 if max_len is None else int(max_len)
         if max_len < 1:
             raise ValueError(f"max_len must be at least 1, got {max_len}")
         src_lengths = np.asarray(to_numpy(src_lengths))
