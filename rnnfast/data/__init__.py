@@ -2,7 +2,8 @@
 for a model.
 
 One module per kind: :mod:`~rnnfast.data.text` (files, character vocabularies),
-:mod:`~rnnfast.data.tokens` (character or word vocabularies with special ids, for translation),
+:mod:`~rnnfast.data.tokens` (character or word vocabularies with special ids, for translation and
+word runs),
 :mod:`~rnnfast.data.splits`
 (train/val/test cuts, length checks), :mod:`~rnnfast.data.batching` (the two batchers),
 :mod:`~rnnfast.data.tables` (CSV/TSV), :mod:`~rnnfast.data.scaling` (scalers) and
@@ -44,10 +45,10 @@ from rnnfast.data.scaling import MinMaxScaler, Scaler, StandardScaler
 from rnnfast.data.splits import chronological_split, require_length, split_ids
 from rnnfast.data.tables import load_csv_column, load_csv_columns, load_text_column, load_text_labels, load_text_pairs
 from rnnfast.data.text import Vocab, read_text
-from rnnfast.data.tokens import BOS, EOS, PAD, SPECIALS, UNK, TokenVocab, split_words
+from rnnfast.data.tokens import BOS, EOS, PAD, SPECIALS, UNK, TokenVocab, split_words, vocab_from_dict
 from rnnfast.data.windows import forecast_windows, sliding_windows
 
 __all__ = ["BOS", "EOS", "PAD", "SPECIALS", "UNK", "ArrayBatcher", "MinMaxScaler", "Scaler", "StandardScaler",
            "StreamBatcher", "TokenVocab", "Vocab", "chronological_split", "forecast_windows", "load_csv_column",
            "load_csv_columns", "load_text_column", "load_text_labels", "load_text_pairs", "read_text",
-           "require_length", "sliding_windows", "split_ids", "split_words"]
+           "require_length", "sliding_windows", "split_ids", "split_words", "vocab_from_dict"]

@@ -88,7 +88,13 @@ class Vocab:
         >>> v = Vocab.from_text("床前明月光")
         >>> len(v), v.decode(v.encode("明月"))
         (5, '明月')
+
+    It shares ``unit``, ``tokens``, ``separator``, ``encode``, ``decode`` and ``len`` with
+    :class:`~rnnfast.data.TokenVocab`, so a model's text code serves both; it has no special ids.
     """
+
+    unit = "char"
+    separator = ""  # what decode writes between two ids' texts
 
     def __init__(self, chars):
         """``chars``: the distinct characters, in id order (as :meth:`from_text` sorts them)."""
@@ -111,6 +117,11 @@ class Vocab:
 
     def __len__(self) -> int:
         return len(self.chars)
+
+    @property
+    def tokens(self) -> tuple:
+        """The characters in id order (the name a :class:`~rnnfast.data.TokenVocab` gives its tokens)."""
+        return self.chars
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocab) and self.chars == other.chars

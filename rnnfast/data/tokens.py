@@ -1,6 +1,8 @@
 """Token vocabularies: texts as sequences of characters or words, with the special ids every
 sequence-to-sequence vocabulary shares (:class:`TokenVocab`), and the word split they use
-(:func:`split_words`).
+(:func:`split_words`). A translator's two vocabularies are these; so is that of a character model
+or classifier trained on words (``--tokens word``), whose character runs keep
+:class:`~rnnfast.data.Vocab`. :func:`vocab_from_dict` reads either kind back from a checkpoint.
 
 Ids: 0 ``<pad>`` (:data:`PAD`), 1 ``<bos>`` (:data:`BOS`), 2 ``<eos>`` (:data:`EOS`), 3 ``<unk>``
 (:data:`UNK`), then the tokens in code-point order.
@@ -16,6 +18,9 @@ Japanese) is one word per run of letters, so use ``unit="char"`` for it.
     >>> ids = v.encode("the cat ran.")                  # (4,) int32; "ran" was never seen
     >>> ids.tolist(), v.decode(ids)
     ([8, 5, 3, 4], 'the cat <unk> .')
+
+A text of words decodes with one space between tokens, so "sat." comes back as "sat ." and line
+breaks as spaces: a word model's samples and outputs are this spacing of its words.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from itertools import chain
 import numpy as np
 
 from rnnfast.backend import to_numpy
+from rnnfast.data.text import Vocab
 from rnnfast.errors import CheckpointError
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -69,7 +75,7 @@ class TokenVocab:
             raise ValueError("a word vocabulary needs tokens that split_words keeps whole")
         self._ids = {t: i for i, t in enumerate(self.tokens, start=len(SPECIALS))}
         self._texts = ("", "", "", "<unk>", *self.tokens)  # what decode writes for each id
-        self._joiner = "" if unit == "char" else " "
+        self.separator = "" if unit == "char" else " "  # what decode writes between two ids' texts
 
     @classmethod
     def build(cls, texts, unit: str = "char", min_count: int = 1) -> "TokenVocab":
@@ -77,7 +83,13 @@ class TokenVocab:
         will encode as :data:`UNK`)."""
         _check_options(unit, min_count)
         split = list if unit == "char" else split_words
-        counts = Counter(chain.from_iterable(map(split, texts)))
+        return cls.from_tokens(chain.from_iterable(map(split, texts)), unit, min_count)
+
+    @classmethod
+    def from_tokens(cls, tokens, unit: str = "char", min_count: int = 1) -> "TokenVocab":
+        """As :meth:`build`, from texts already split: ``tokens``, an iterable of the tokens in them."""
+        _check_options(unit, min_count)
+        counts = Counter(tokens)
         return cls(sorted(t for t, n in counts.items() if n >= min_count), unit, min_count)
 
     def __len__(self) -> int:
@@ -129,7 +141,7 @@ class TokenVocab:
         ends = np.flatnonzero(ids == EOS)
         ids = ids[: ends[0]] if ends.size else ids
         texts = self._texts
-        return self._joiner.join(texts[i] for i in ids.tolist() if i > BOS)
+        return self.separator.join(texts[i] for i in ids.tolist() if i > BOS)
 
     def to_dict(self) -> dict:
         """A JSON-able description, stored in checkpoints' metadata."""
@@ -148,3 +160,17 @@ class TokenVocab:
             raise CheckpointError(f"the checkpoint's vocabulary is malformed ({exc}); "
                                   "use a checkpoint written by rnnfast") from None
 
+
+
+def vocab_from_dict(d: dict):
+    """The vocabulary a checkpoint's ``meta["vocab"]`` describes: a :class:`~rnnfast.data.Vocab` for
+    a character run's (kind "char"), a :class:`TokenVocab` for a word run's (kind "tokens"). Both
+    have ``encode``, ``decode``, ``len``, ``unit``, ``tokens`` and ``separator``; a malformed entry
+    is a CheckpointError.
+
+        >>> vocab_from_dict(Vocab.from_text("abc").to_dict()), vocab_from_dict(TokenVocab(["a"], "word").to_dict())
+        (Vocab(3 characters), TokenVocab(1 words + 4 specials))
+    """
+    if isinstance(d, dict) and d.get("kind") == "tokens":
+        return TokenVocab.from_dict(d)
+    return Vocab.from_dict(d)  # which names any other kind in its error
