@@ -15,8 +15,11 @@ from rnnfast.models import PairSet
 from rnnfast.tasks import TASKS, TaskData, translate_vocabs
 
 # The train options that only a translator reads: its columns, its vocabulary's cut-off, its model
-# and the decoding its validation scores.
+# and the decoding its validation scores. The cut-off, --min-count, is also a word run's (charlm and
+# classify with --tokens word): it stays listed here, where the run options take their order from.
 TRANSLATE_OPTIONS = ("source_column", "target_column", "min_count", "attention", "teacher_forcing", "beam")
+# The tasks whose texts --tokens splits into characters or words.
+TEXT_TASKS = ("charlm", "classify", "translate")
 
 
 def _column(value):
@@ -46,13 +49,18 @@ def _features(opts: dict) -> list:
     return [_column(name) for name in names]
 
 
+def _tokens(opts: dict) -> dict:
+    """--tokens and --min-count as the readers take them (a checkpoint from before them read characters)."""
+    return {"tokens": opts.get("tokens", "char"), "min_count": opts.get("min_count", 1)}
+
+
 def read_task(opts: dict) -> TaskData:
     """The data of ``opts["task"]``, read and split as the train options say."""
     task, data = opts["task"], opts["data"]
     features = _features(opts)
     if task == "charlm":
         return tasks.read_charlm(data, batch_size=opts["batch_size"], seq_len=opts["seq_len"],
-                                 val_frac=opts["val_frac"], encoding=opts["encoding"])
+                                 val_frac=opts["val_frac"], encoding=opts["encoding"], **_tokens(opts))
     if task == "forecast":
         if data is None:
             raise DataError("--task forecast needs a CSV file: rnnfast train series.csv --task forecast --column NAME")
@@ -72,7 +80,7 @@ def read_task(opts: dict) -> TaskData:
                         "rnnfast train reviews.tsv --task classify")
     return tasks.read_classify(data, seq_len=opts["seq_len"], text_column=opts["text_column"],
                                label_column=opts["label_column"], val_frac=opts["val_frac"], seed=opts["seed"],
-                               encoding=opts["encoding"])
+                               encoding=opts["encoding"], **_tokens(opts))
 
 
 def forecast_eval_windows(meta: dict, opts: dict, path):

@@ -1,11 +1,17 @@
 """Tasks: what each kind of run reads, how it splits it, its model and the baseline it must beat.
 
-- ``charlm``: a text file (or the built-in corpus) -> character ids, the last ``val_frac`` held out.
+- ``charlm``: a text file (or the built-in corpus) -> character (or word) ids, the last ``val_frac``
+  held out.
 - ``forecast``: one numeric CSV column, and optionally feature columns beside it -> windows of
   ``window`` rows and the target's ``horizon`` values after them, each column standardised on the
   training part; the last ``val_frac`` of the series is held out.
-- ``classify``: a CSV/TSV of texts and labels -> characters cut to ``seq_len``, a seeded shuffle,
-  then ``val_frac`` of the rows held out.
+- ``classify``: a CSV/TSV of texts and labels -> characters (or words) cut to ``seq_len``, a seeded
+  shuffle, then ``val_frac`` of the rows held out.
+
+``tokens="word"`` (charlm, classify, translate) reads texts as words (:func:`rnnfast.data.split_words`)
+with a :class:`~rnnfast.data.TokenVocab` of the training part's words seen ``min_count`` times
+(the others are ``<unk>``); a character run (the default) keeps its :class:`~rnnfast.data.Vocab`.
+Either is ``meta["vocab"]``, read back by :func:`text_vocab`.
 - ``translate``: a CSV/TSV of source texts and their translations -> character or word ids of each
   side (vocabularies of the training pairs), a seeded shuffle, then ``val_frac`` of the pairs held out.
 
@@ -26,8 +32,9 @@ from pathlib import Path
 import numpy as np
 
 from rnnfast.corpus import default_corpus_path
-from rnnfast.data import (PAD, StandardScaler, Scaler, TokenVocab, Vocab, forecast_windows, load_csv_columns,
-                          load_text_labels, load_text_pairs, read_text, require_length, sliding_windows, split_ids)
+from rnnfast.data import (PAD, StandardScaler, Scaler, TokenVocab, Vocab, chronological_split, forecast_windows,
+                          load_csv_columns, load_text_labels, load_text_pairs, read_text, require_length,
+                          sliding_windows, split_ids, split_words, vocab_from_dict)
 from rnnfast.errors import CheckpointError, DataError
 from rnnfast.metrics import bits_per_char
 from rnnfast.models import CharRNN, Seq2Seq, SeqClassifier, SeqRegressor
@@ -68,28 +75,54 @@ def unigram_loss(train_ids: np.ndarray, val_ids: np.ndarray, vocab_size: int) ->
     return float(-np.log(counts[val_ids] / counts.sum()).mean())
 
 
-def read_charlm(path=None, *, batch_size: int, seq_len: int, val_frac: float = 0.1,
-                encoding: str = "utf-8") -> TaskData:
+def read_charlm(path=None, *, batch_size: int, seq_len: int, val_frac: float = 0.1, encoding: str = "utf-8",
+                tokens: str = "char", min_count: int = 1) -> TaskData:
     """A text file (None: the built-in corpus) as character ids, the last ``val_frac`` held out; the
-    training part must fill one batch of ``batch_size`` x ``seq_len``, the held-out part one sequence."""
+    training part must fill one batch of ``batch_size`` x ``seq_len``, the held-out part one sequence.
+
+    ``tokens="word"``: as word ids instead (``seq_len`` counts words), cut where the text's
+    ``val_frac`` of words begins, with the vocabulary of the training part's words seen at least
+    ``min_count`` times there, so that a word only the held-out part has reads as ``<unk>``, as it
+    would in new text."""
     text = read_text(data_path(path), encoding)
-    vocab = Vocab.from_text(text)
     name = _name(path)
-    if len(vocab) < 2:
-        # Every next character is certain: nothing to learn, and a baseline loss of zero.
-        raise DataError(f"{name} holds only one distinct character ({vocab.chars[0]!r}); a character model "
-                        "needs a text with at least two, so pass a real text")
-    train, val, _ = split_ids(vocab.encode(text), val_frac)
+    if tokens == "word":
+        vocab, ids = _word_stream(text, name, val_frac, min_count)
+        kind, unit = f"words, {len(vocab):,} word ids (--min-count {min_count})", "words"
+    else:
+        vocab = Vocab.from_text(text)
+        if len(vocab) < 2:
+            # Every next character is certain: nothing to learn, and a baseline loss of zero.
+            raise DataError(f"{name} holds only one distinct character ({vocab.chars[0]!r}); a character model "
+                            "needs a text with at least two, so pass a real text")
+        ids = vocab.encode(text)
+        kind, unit = f"characters, {len(vocab)} distinct", "characters"
+    train, val, _ = split_ids(ids, val_frac)
     need = batch_size * (seq_len + 1)
     require_length(len(train), need, f"the training part of {name}",
-                   f"one batch needs --batch-size x (--seq-len + 1) = {need} characters; "
-                   "use a longer text, or a smaller --batch-size / --seq-len", unit="characters")
+                   f"one batch needs --batch-size x (--seq-len + 1) = {need} {unit}; "
+                   "use a longer text, or a smaller --batch-size / --seq-len", unit=unit)
     require_length(len(val), seq_len + 1, f"the validation part of {name} (--val-frac {val_frac})",
-                   "it must hold one sequence (--seq-len + 1 characters); use a larger --val-frac or a longer text",
-                   unit="characters")
+                   f"it must hold one sequence (--seq-len + 1 {unit}); use a larger --val-frac or a longer text",
+                   unit=unit)
     return TaskData(train, val, {"vocab": vocab.to_dict()},
-                    f"{name} ({len(text):,} characters, {len(vocab)} distinct; {len(val):,} held out)",
+                    f"{name} ({len(ids) if tokens == 'word' else len(text):,} {kind}; {len(val):,} held out)",
                     unigram_loss(train, val, len(vocab)), "unigram")
+
+
+def _word_stream(text: str, name: str, val_frac: float, min_count: int) -> tuple[TokenVocab, np.ndarray]:
+    """A text's word vocabulary (of the words before its held-out part) and its word ids (N,)."""
+    words = split_words(text)
+    vocab = TokenVocab.from_tokens(words[chronological_split(len(words), val_frac)[0]], "word", min_count)
+    if not vocab.tokens:
+        raise DataError(f"no word of {name} occurs {min_count} times (--min-count) in its training part; "
+                        "use a smaller --min-count")
+    ids = vocab.encode(text)
+    if len(np.unique(ids)) < 2:
+        # Every next word is certain: nothing to learn, as for a text of one character.
+        raise DataError(f"{name} holds only one distinct word ({vocab.tokens[0]!r}); a word model needs a text "
+                        "with at least two, so pass a real text")
+    return vocab, ids
 
 
 # -- forecast -----------------------------------------------------------------------------------
@@ -159,23 +192,29 @@ def forecast_eval_windows(meta: dict, path, column: str | int, *, window: int, h
 
 # -- classify -----------------------------------------------------------------------------------
 
-def encode_texts(vocab: Vocab, texts, max_len: int, path, lines=None) -> tuple[np.ndarray, np.ndarray]:
-    """Texts -> ids (N, T) int32 padded with 0 and lengths (N,), each cut to ``max_len`` characters.
-    An empty text or a character outside ``vocab`` is a DataError naming the text by its line in
-    ``path`` (``lines``: each text's) or else by its data row."""
+def encode_texts(vocab, texts, max_len: int, path, lines=None) -> tuple[np.ndarray, np.ndarray]:
+    """Texts -> ids (N, T) int32 padded with 0 and lengths (N,), each cut to its first ``max_len``
+    tokens: characters of a :class:`~rnnfast.data.Vocab`, or a :class:`~rnnfast.data.TokenVocab`'s
+    (whose unknown tokens read as <unk>). An empty text or a character outside a ``Vocab`` is a
+    DataError naming the text by its line in ``path`` (``lines``: each text's) or else by its data row."""
     def where(i):
         return f"{path} line {lines[i]}" if lines is not None else f"{path}: data row {i + 1}"
 
-    lengths = np.array([min(len(t), max_len) for t in texts], dtype=np.int32)
-    if (lengths == 0).any():
-        raise DataError(f"{where(int(np.flatnonzero(lengths == 0)[0]))} has an empty text; "
-                        "fill it in or remove that row")
-    ids = np.zeros((len(texts), int(lengths.max())), dtype=np.int32)
-    for i, (text, n) in enumerate(zip(texts, lengths)):
+    empty = [i for i, t in enumerate(texts) if not t]
+    if empty:
+        raise DataError(f"{where(empty[0])} has an empty text; fill it in or remove that row")
+    # characters are cut before encoding, so that one past the cut is not refused
+    cut = (lambda t: t[:max_len]) if vocab.unit == "char" else (lambda t: t)
+    encoded = []
+    for i, text in enumerate(texts):
         try:
-            ids[i, :n] = vocab.encode(text[:n])
+            encoded.append(vocab.encode(cut(text))[:max_len])
         except DataError as exc:
             raise DataError(f"{where(i)}: {exc}") from None
+    lengths = np.array([len(e) for e in encoded], dtype=np.int32)
+    ids = np.zeros((len(texts), int(lengths.max())), dtype=np.int32)
+    for i, (e, n) in enumerate(zip(encoded, lengths)):
+        ids[i, :n] = e
     return ids, lengths
 
 
@@ -198,17 +237,29 @@ def shuffled_split(n: int, val_frac: float, seed: int, path, what: str) -> tuple
 
 
 def read_classify(path, *, seq_len: int, text_column="text", label_column="label", val_frac: float = 0.1,
-                  seed: int = 0, encoding: str = "utf-8") -> TaskData:
+                  seed: int = 0, encoding: str = "utf-8", tokens: str = "char", min_count: int = 1) -> TaskData:
     """Labelled texts of a CSV/TSV file as ids cut to ``seq_len``, with lengths and label ids; a
-    shuffle fixed by ``seed``, then ``val_frac`` of the rows held out."""
+    shuffle fixed by ``seed``, then ``val_frac`` of the rows held out.
+
+    The vocabulary holds the characters of every text; with ``tokens="word"`` the words of the
+    training rows seen at least ``min_count`` times there (``seq_len`` counts words), so that a word
+    only held-out texts have reads as ``<unk>``, as it would in new text."""
     texts, labels, names = load_text_labels(path, text_column, label_column, encoding=encoding)
-    vocab = Vocab.from_text("".join(texts))
-    ids, lengths = encode_texts(vocab, texts, seq_len, path)
     # Files of labelled texts are often sorted by label: shuffle (seeded) before holding rows out.
     tr, va = shuffled_split(len(labels), val_frac, seed, path, "rows")
+    if tokens == "word":
+        vocab = TokenVocab.build([texts[i] for i in tr], "word", min_count)
+        if not vocab.tokens:
+            raise DataError(f"no word of {path} occurs {min_count} times (--min-count) in the training rows; "
+                            "use a smaller --min-count")
+    else:
+        vocab = Vocab.from_text("".join(texts))
+    ids, lengths = encode_texts(vocab, texts, seq_len, path)
     return TaskData((ids[tr], lengths[tr], labels[tr]), (ids[va], lengths[va], labels[va]),
                     {"vocab": vocab.to_dict(), "labels": list(names)},
-                    f"{path} ({len(labels):,} texts, {len(names)} classes; {len(va):,} held out)",
+                    f"{path} ({len(labels):,} texts, {len(names)} classes"
+                    + (f", {len(vocab):,} word ids (--min-count {min_count})" if tokens == "word" else "")
+                    + f"; {len(va):,} held out)",
                     prior_loss(labels[tr], labels[va], len(names)), "label frequencies")
 
 
@@ -221,8 +272,15 @@ def classify_eval_data(meta: dict, path, *, seq_len: int, text_column="text", la
     if unknown:
         raise DataError(f"{path} has labels the model was not trained on: {', '.join(map(repr, unknown[:5]))}; "
                         f"it knows {', '.join(map(repr, known))}")
-    ids, lengths = encode_texts(Vocab.from_dict(checkpoint_part(meta, "vocab", "the checkpoint")), texts, seq_len, path)
+    ids, lengths = encode_texts(text_vocab(meta), texts, seq_len, path)
     return ids, lengths, np.array([known.index(names[k]) for k in labels], dtype=np.int32)
+
+
+def text_vocab(meta: dict, checkpoint="the checkpoint"):
+    """The vocabulary of a character model's or classifier's checkpoint (``meta["vocab"]``): a
+    :class:`~rnnfast.data.Vocab` for a character run, a :class:`~rnnfast.data.TokenVocab` for a
+    word run (:func:`rnnfast.data.vocab_from_dict`)."""
+    return vocab_from_dict(checkpoint_part(meta, "vocab", checkpoint))
 
 
 # -- translate ----------------------------------------------------------------------------------
@@ -304,7 +362,7 @@ def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, c
     common = dict(hidden_size=hidden_size, num_layers=num_layers, cell=cell, dropout=dropout, dtype=np.dtype(dtype),
                   seed=seed, **options)
     if task == "charlm":
-        return CharRNN(len(td.meta["vocab"]["chars"]), **common)
+        return CharRNN(len(text_vocab(td.meta)), **common)
     if task == "forecast":
         return SeqRegressor(1 + len(feature_columns(td.meta)), output_size=horizon, bidirectional=bidirectional,
                             **common)
@@ -313,15 +371,16 @@ def build_model(task: str, td: TaskData, *, hidden_size: int, num_layers: int, c
         return Seq2Seq(len(source_vocab), len(target_vocab), bidirectional=bidirectional, attention=attention,
                        teacher_forcing=teacher_forcing, max_target_len=td.meta["max_target_len"],
                        max_source_len=td.meta["max_source_len"], **common)
-    return SeqClassifier(len(td.meta["vocab"]["chars"]), len(td.meta["labels"]), bidirectional=bidirectional,
+    return SeqClassifier(len(text_vocab(td.meta)), len(td.meta["labels"]), bidirectional=bidirectional,
                          **common)
 
 
-def describe_loss(task: str, loss: float) -> str:
-    """A validation loss with its units (and bits per character for a character model)."""
-    if task == "charlm":
+def describe_loss(task: str, loss: float, tokens: str = "char") -> str:
+    """A validation loss with its units (and bits per character for a character model; a word
+    model's, ``tokens="word"``, is per word: nats/token)."""
+    if task == "charlm" and tokens == "char":
         return f"{loss:.4f} nats/char ({bits_per_char(loss):.3f} bpc, perplexity {math.exp(loss):.2f})"
-    if task == "translate":
+    if task in ("charlm", "translate"):
         return f"{loss:.4f} nats/token (perplexity {math.exp(loss):.2f})"
     if task == "forecast":
         return f"{loss:.4f} MSE (standardised units)"
