@@ -8,14 +8,25 @@ from __future__ import annotations
 import numpy as np
 
 from rnnfast.backend import get_backend, to_numpy
+from rnnfast.data import BOS, EOS, PAD, TokenVocab
 from rnnfast.models.base import resolve_seed
 from rnnfast.random import uniform
 
 
 def default_prime(vocab) -> str:
     """What a sample starts from when it is given no prime: a new line (so it starts as a line of
-    the text starts) if ``vocab`` has one, else its first character."""
-    return "\n" if "\n" in vocab.chars else vocab.chars[0]
+    the text starts) if ``vocab`` has one, else its first character. A word vocabulary has no line
+    breaks (the word split drops them), so a full stop, after which a sentence starts, else its
+    first word."""
+    start = "\n" if vocab.unit == "char" else "."
+    return start if start in vocab.tokens else vocab.tokens[0]
+
+
+def unwritten_ids(vocab) -> tuple:
+    """The ids a sample never draws: a :class:`~rnnfast.data.TokenVocab`'s <pad>, <bos> and <eos>.
+    A word model's text holds none of them (its <unk> stands for rare words, which it does hold),
+    so they are never its targets, and decoding would drop them or stop at <eos>."""
+    return (PAD, BOS, EOS) if isinstance(vocab, TokenVocab) else ()
 
 
 def sample_from_logits(logits, u, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
@@ -65,7 +76,9 @@ class CharSampling:
                compiled: bool | None = None):
         """Generate ``length`` characters after ``prime``, ``num_samples`` at once (the batch).
 
-        ``prime``: a string (needs ``vocab``; an unknown character is a DataError) or ids. Each new
+        ``prime``: a string (needs ``vocab``; an unknown character is a DataError, an unknown word
+        of a word vocabulary reads as <unk>) or ids. With a word ``vocab`` the ids of
+        :func:`unwritten_ids` are never drawn, and the text's words are joined by spaces. Each new
         id is drawn by :func:`sample_from_logits` with the uniforms
         ``rnnfast.random.uniform((num_samples, length), seed, stream=0, dtype=float64)``, so a seed
         gives the same text on the CPU and the GPU. ``stream``, if given, is called with the prime and
@@ -102,27 +115,33 @@ class CharSampling:
         seed = resolve_seed(seed)
         u = uniform((num_samples, length), seed, stream=0, xp=np, dtype=np.float64)
 
-        def emit(ids):
+        def emit(ids, first=False):
             if stream is None:
                 return
             if vocab is None:
                 stream(ids if num_samples > 1 else ids[0])
-            else:
-                texts = [vocab.decode(row) for row in ids]
+            else:  # each piece after the prime follows the text before it, as decode joins them
+                texts = [("" if first else vocab.separator) + vocab.decode(row) for row in ids]
                 stream(texts if num_samples > 1 else texts[0])
 
+        # (V,) added to the head's logits: -inf on the ids never drawn, or None
+        never = unwritten_ids(vocab)
+        mask = None
+        if never:
+            mask = np.zeros(self.vocab_size, dtype=self.head.params["bias"].dtype)
+            mask[list(never)] = -np.inf
         out = np.empty((num_samples, prime_ids.size + length), dtype=np.int32)
         out[:, : prime_ids.size] = prime_ids
-        emit(out[:, : prime_ids.size])
+        emit(out[:, : prime_ids.size], first=True)
         was_training = self.training
         self.eval()
         try:
             generate = self._compiled_sampler(compiled, num_samples * length)
             if generate is not None:
                 self._sample_compiled(generate, prime_ids, u, temperature, top_k, top_p, out, emit,
-                                      chunk=length if stream is None else 16)
+                                      chunk=length if stream is None else 16, mask=mask)
             else:
-                self._sample_stepwise(prime_ids, u, temperature, top_k, top_p, out, emit)
+                self._sample_stepwise(prime_ids, u, temperature, top_k, top_p, out, emit, mask=mask)
         finally:
             self.train(was_training)
         if vocab is None:
@@ -156,23 +175,27 @@ class CharSampling:
         if start is not None:
             start(self.head.params["weight"].dtype)
 
-    def _sample_stepwise(self, prime_ids, u, temperature, top_k, top_p, out, emit):
+    def _sample_stepwise(self, prime_ids, u, temperature, top_k, top_p, out, emit, mask=None):
         """The plain path of :meth:`sample` (any device, and the CPU path's specification): one
-        forward step and one :func:`sample_from_logits` per id. Fills out[:, P:], emitting each id."""
+        forward step and one :func:`sample_from_logits` per id, of the logits plus ``mask`` (V,) if
+        given. Fills out[:, P:], emitting each id."""
         num_samples, P = out.shape[0], prime_ids.size
         logits, state = self.forward(np.repeat(prime_ids[:, None], num_samples, axis=1))
         for t in range(u.shape[1]):
-            next_ids = sample_from_logits(to_numpy(logits[-1]), u[:, t], temperature, top_k, top_p)
+            step_logits = to_numpy(logits[-1]) if mask is None else to_numpy(logits[-1]) + mask
+            next_ids = sample_from_logits(step_logits, u[:, t], temperature, top_k, top_p)
             out[:, P + t] = next_ids
             emit(next_ids[:, None])
             if t + 1 < u.shape[1]:
                 logits, state = self.forward(next_ids[None, :], state)
 
-    def _sample_compiled(self, generate, prime_ids, u, temperature, top_k, top_p, out, emit, chunk):
+    def _sample_compiled(self, generate, prime_ids, u, temperature, top_k, top_p, out, emit, chunk, mask=None):
         """:meth:`sample` on a backend with a compiled sampling loop (``generate``, the CPU's
         :func:`rnnfast.kernels.cpu.generate.generate`: same rule and uniforms as the step loop), one
-        call per ``chunk`` ids so a stream still sees text as it comes. Fills out[:, P:], emitting each chunk."""
+        call per ``chunk`` ids so a stream still sees text as it comes; ``mask`` (V,), if given, is
+        added to the head's bias. Fills out[:, P:], emitting each chunk."""
         rnn = self.rnn
+        bias = self.head.params["bias"] if mask is None else self.head.params["bias"] + mask
         cell = rnn.spec.name
         weights = [rnn.direction_weights(layer) for layer in range(rnn.num_layers)]
         num_samples, P = out.shape[0], prime_ids.size
@@ -180,7 +203,7 @@ class CharSampling:
         feed = np.repeat(prime_ids[None, :], num_samples, axis=0)
         for start in range(0, u.shape[1], max(chunk, 1)):
             ids, state = generate(cell, weights, self.embed.params["weight"], self.head.params["weight"],
-                                  self.head.params["bias"], state, feed, u[:, start:start + chunk],
+                                  bias, state, feed, u[:, start:start + chunk],
                                   temperature, top_k, top_p, zoneout=rnn.zoneout)
             out[:, P + start:P + start + ids.shape[1]] = ids
             emit(ids)
