@@ -42,6 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as _safetensors_bytes
 
 from rnnfast.backend import to_numpy
+from rnnfast.data import SPECIALS
 from rnnfast.errors import CheckpointError, existing_file
 from rnnfast.models import CharRNN, Seq2Seq, SeqClassifier, SeqRegressor
 from rnnfast.rundir import temp_prefix
@@ -351,8 +352,17 @@ def load_model(path):
 # -- a new run from a checkpoint's weights ------------------------------------------------------
 
 # The parameters of each model whose first axis is the vocabulary: their rows follow the characters
-# when a new run's data has another vocabulary (a classifier's head is over labels, not characters).
+# (or words) when a new run's data has another vocabulary (a classifier's head is over labels).
 VOCAB_ROWS = {"CharRNN": ("embed.weight", "head.weight", "head.bias"), "SeqClassifier": ("embed.weight",)}
+
+
+def vocab_tokens(vocab: dict) -> list[str]:
+    """Each id's token, in id order, of a vocabulary's dict (``meta["vocab"]``): a character
+    vocabulary's characters, or a word vocabulary's (kind "tokens") four specials and then its
+    words, so that rows follow tokens across vocabularies of one kind."""
+    if vocab.get("kind") == "tokens":
+        return [*SPECIALS, *vocab.get("tokens", ())]
+    return list(vocab.get("chars", ()))
 
 
 def read_meta(path) -> dict:
@@ -365,11 +375,12 @@ def read_meta(path) -> dict:
 def init_weights_from(model, path, chars=None) -> None:
     """Start ``model``, freshly built with the shape of the checkpoint at ``path``, from its weights.
 
-    With ``chars`` (the new data's vocabulary, in id order) the rows of :data:`VOCAB_ROWS` follow
-    the characters: one the checkpoint knows gets its rows, a new one keeps the row ``model`` was
-    initialised with, and one the new data lacks is dropped. Every other weight is copied as it
-    is. The checkpoint is checked as :func:`load_model` checks it; a model of another shape is a
-    one-line CheckpointError.
+    With ``chars`` (the new data's vocabulary, in id order: :func:`vocab_tokens`) the rows of
+    :data:`VOCAB_ROWS` follow the characters, or a word vocabulary's words: one the checkpoint knows
+    gets its rows, a new one keeps the row ``model`` was initialised with, and one the new data
+    lacks is dropped; the caller keeps the two vocabularies of one kind. Every other weight is
+    copied as it is. The checkpoint is checked as :func:`load_model` checks it; a model of another
+    shape is a one-line CheckpointError.
 
         >>> import tempfile, os
         >>> from rnnfast.models import CharRNN
@@ -385,7 +396,7 @@ def init_weights_from(model, path, chars=None) -> None:
     theirs, own = source.state_dict(), model.state_dict()
     remapped = VOCAB_ROWS.get(type(model).__name__, ()) if chars is not None else ()
     if remapped:
-        index = {c: i for i, c in enumerate(meta.get("vocab", {}).get("chars", ()))}
+        index = {c: i for i, c in enumerate(vocab_tokens(meta.get("vocab", {})))}
         kept = [(new, index[c]) for new, c in enumerate(chars) if c in index]
         new_ids, old_ids = (np.array(ids, dtype=np.intp) for ids in zip(*kept)) if kept else ([], [])
     # the vocabulary axis may differ; everything else must be the checkpoint's
