@@ -11,9 +11,9 @@ from rnnfast.checkpoint import load_model
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.tasks import (classify_eval_data, forecast_eval_windows, read_task, require_translate_metrics,
                                task_of, translate_eval_data, translation_pairs, validation_data)
-from rnnfast.data import Scaler, Vocab, read_text, require_length
+from rnnfast.data import Scaler, read_text, require_length
 from rnnfast.metrics import mae, rmse
-from rnnfast.tasks import check_same_data, checkpoint_part, describe_loss
+from rnnfast.tasks import check_same_data, describe_loss, text_vocab
 
 
 def _file_data(task: str, meta: dict, opts: dict, path: Path, checkpoint: Path, beam: int):
@@ -21,10 +21,11 @@ def _file_data(task: str, meta: dict, opts: dict, path: Path, checkpoint: Path, 
     (``beam``: a translator's decoding)."""
     if task == "charlm":
         text = read_text(path, opts["encoding"])
-        ids = Vocab.from_dict(checkpoint_part(meta, "vocab", checkpoint)).encode(text)
-        require_length(len(ids), 2, str(path), "one prediction needs two characters; pass a longer text",
-                       unit="characters")
-        return ids, f"{path} ({len(ids):,} characters)"
+        vocab = text_vocab(meta, checkpoint)
+        unit = "characters" if vocab.unit == "char" else "words"
+        ids = vocab.encode(text)
+        require_length(len(ids), 2, str(path), f"one prediction needs two {unit}; pass a longer text", unit=unit)
+        return ids, f"{path} ({len(ids):,} {unit})"
     if task == "forecast":
         X, Y = forecast_eval_windows(meta, opts, path)
         return (X, Y), f"{path} column {opts['column']!r} ({len(X):,} windows)"
@@ -58,7 +59,8 @@ def eval_command(checkpoint, data, encoding, beam, as_json, device):
     """Score CHECKPOINT on DATA, or on the part of its training data that was held out for validation.
 
     A character model reports loss (nats per character), bits per character and perplexity, with
-    the unigram baseline on the held-out split; a forecaster MSE, MAE and RMSE (standardised and
+    the unigram baseline on the held-out split (one of --tokens word: per word, so nats and bits
+    per token); a forecaster MSE, MAE and RMSE (standardised and
     in the column's units); a classifier loss, accuracy, precision, recall and F1; a translator
     (DATA: a CSV/TSV with its source and target columns) loss, exact match, token accuracy, BLEU
     and chrF of its translations (sacrebleu's, 0-100).
@@ -86,6 +88,9 @@ def eval_command(checkpoint, data, encoding, beam, as_json, device):
     if task == "translate":
         description += f"; translated {'greedily' if beam == 1 else f'with a beam of {beam}'}"
     metrics = model.evaluate(data)
+    tokens = opts.get("tokens", "char")
+    if task == "charlm" and tokens == "word":  # its loss is per word, and so are its bits
+        metrics = {("bits_per_token" if name == "bpc" else name): value for name, value in metrics.items()}
     if task == "forecast":
         metrics.update(_original_units(model, meta, data))
     step = meta.get("trainer", {}).get("step")
@@ -99,4 +104,4 @@ def eval_command(checkpoint, data, encoding, beam, as_json, device):
     for name, value in metrics.items():
         click.echo(f"{name:<{width}}  {value:.4f}")
     if baseline is not None:
-        click.echo(f"{baseline['name']} baseline: {describe_loss(task, baseline['loss'])}")
+        click.echo(f"{baseline['name']} baseline: {describe_loss(task, baseline['loss'], tokens)}")

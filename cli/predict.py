@@ -21,14 +21,14 @@ from rnnfast.checkpoint import load_model
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_attention, plot_future
 from rnnfast.cli.tasks import forecast_columns, task_of
-from rnnfast.data import Scaler, Vocab, load_csv_columns, load_text_column, read_text, require_length
+from rnnfast.data import Scaler, load_csv_columns, load_text_column, read_text, require_length
 from rnnfast.errors import DataError, OutputError
 from rnnfast.metrics import bits_per_char, perplexity
 from rnnfast.models.sampling import default_prime
 from rnnfast.prediction import forecast, future_rows_needed, text_losses
 from rnnfast.rundir import write_atomically
 from rnnfast.tasks import (checkpoint_part, encode_sources, encode_texts, scale_features, scale_forecast_inputs,
-                           translate_vocabs)
+                           text_vocab, translate_vocabs)
 
 # DATA with one of these names is a table (its text column is read); any other is one text a line.
 TABLE_SUFFIXES = (".csv", ".tsv", ".tab")
@@ -75,7 +75,7 @@ def _texts(path: Path, column, encoding: str, skip_blank: bool = True) -> tuple[
 def _classify(model, meta: dict, opts: dict, data: Path, text_column, checkpoint) -> list[dict]:
     """One row per text: its line, the text, the likeliest label, its probability, and every label's."""
     lines, texts = _texts(data, opts["text_column"] if text_column is None else text_column, opts["encoding"])
-    vocab = Vocab.from_dict(checkpoint_part(meta, "vocab", checkpoint))
+    vocab = text_vocab(meta, checkpoint)
     names = checkpoint_part(meta, "labels", checkpoint)
     ids, lengths = encode_texts(vocab, texts, opts["seq_len"], data, lines)
     probs = np.asarray(to_numpy(model.predict_proba(ids, lengths)), np.float64)
@@ -85,8 +85,9 @@ def _classify(model, meta: dict, opts: dict, data: Path, text_column, checkpoint
 
 def _score_lines(model, meta: dict, opts: dict, data: Path, checkpoint) -> list[dict]:
     """One row per non-blank line: its loss in nats per character, bits per character and perplexity,
-    each line read from a fresh state after the prime a sample starts from (a new line)."""
-    vocab = Vocab.from_dict(checkpoint_part(meta, "vocab", checkpoint))
+    each line read from a fresh state after the prime a sample starts from (a new line); a word
+    model's per word (its words counted; a word it lacks is <unk>, scored as such)."""
+    vocab = text_vocab(meta, checkpoint)
     prime = vocab.encode(default_prime(vocab))
     lines, texts, encoded = [], [], []
     for n, line in enumerate(read_text(data, opts["encoding"]).split("\n"), 1):
@@ -100,6 +101,10 @@ def _score_lines(model, meta: dict, opts: dict, data: Path, checkpoint) -> list[
         lines.append(n)
         texts.append(line)
     losses = text_losses(model, encoded)
+    if vocab.unit == "word":
+        return [{"line": n, "tokens": len(ids) - len(prime), "nats_per_token": float(loss),
+                 "bits_per_token": bits_per_char(loss), "perplexity": perplexity(loss), "text": text}
+                for n, text, ids, loss in zip(lines, texts, encoded, losses)]
     return [{"line": n, "characters": len(text), "nats_per_char": float(loss), "bpc": bits_per_char(loss),
              "perplexity": perplexity(loss), "text": text} for n, text, loss in zip(lines, texts, losses)]
 
@@ -209,7 +214,8 @@ def predict(checkpoint, data, steps, future, plot, text_column, beam, attention_
       or any other file, one text a line) with its probability; with --json
       every label's probability.
     charlm: each non-blank line of DATA scored: nats per character, bits per
-      character and perplexity (low for text like the training text).
+      character and perplexity (low for text like the training text); for a
+      model of --tokens word, per word (nats_per_token, bits_per_token).
     translate: the translation of each line of DATA (or of the source column
       of a .csv/.tsv), one a line in the same order; a blank line is an error.
       A text longer than any training source is translated anyway, with one

@@ -15,11 +15,11 @@ from tqdm import tqdm
 from rnnfast import parallel
 from rnnfast.backend import to_numpy
 from rnnfast.callbacks import Callback, JSONLLogger, ProgressBar, TensorBoardLogger, import_tensorboardx
-from rnnfast.checkpoint import check_model_fits, init_weights_from, load_checkpoint, read_meta
+from rnnfast.checkpoint import check_model_fits, init_weights_from, load_checkpoint, read_meta, vocab_tokens
 from rnnfast.cli.common import Command, config_option, device_option, resolve_device
 from rnnfast.cli.plots import plot_forecast, plot_losses, preload as preload_plotting
-from rnnfast.cli.tasks import (TRANSLATE_OPTIONS, build_model, read_task, require_translate_metrics, task_of,
-                               validation_data)
+from rnnfast.cli.tasks import (TEXT_TASKS, TRANSLATE_OPTIONS, build_model, read_task, require_translate_metrics,
+                               task_of, validation_data)
 from rnnfast.data import ArrayBatcher, Scaler, StreamBatcher
 from rnnfast.errors import CheckpointError
 from rnnfast.optim import SGD, Adagrad, Adam, AdamW, Constant, CosineWarmup, ExponentialDecay, RMSprop, StepDecay, Warmup
@@ -95,14 +95,14 @@ DEFAULT_PATIENCE = 10
 class EvalReport(Callback):
     """One line per validation, above the progress bar, so the learning curve stays on screen."""
 
-    def __init__(self, task: str):
-        self.task = task
+    def __init__(self, task: str, tokens: str = "char"):
+        self.task, self.tokens = task, tokens
 
     def on_eval_end(self, trainer, step, logs):
         mark = "  (best so far)" if logs["improved"] else ""
         scores = _translation_scores(logs) if self.task == "translate" else ""
-        tqdm.write(f"step {step}: validation loss {describe_loss(self.task, logs['val_loss'])}{scores}{mark}",
-                   file=sys.stderr)
+        loss = describe_loss(self.task, logs["val_loss"], self.tokens)
+        tqdm.write(f"step {step}: validation loss {loss}{scores}{mark}", file=sys.stderr)
 
 
 def _translation_scores(logs: dict) -> str:
@@ -189,12 +189,14 @@ def _initialised_options(ctx: click.Context, opts: dict, init_from: Path) -> tup
     if task != opts["task"]:
         raise click.UsageError(f"--init-from {init_from} holds a {task} model and this is a {opts['task']} run; "
                                f"use a {opts['task']} checkpoint, or train with --task {task}")
-    saved = {"layer_norm": False, **saved}  # a checkpoint from before --layer-norm has none
+    saved = {"layer_norm": False, "tokens": "char", **saved}  # a checkpoint from before either has none
     if _explicit(ctx, "layer_norm") and opts["layer_norm"] != saved["layer_norm"]:
         raise click.UsageError(_layer_norm_differs(opts["layer_norm"], "--init-from checkpoint",
                                                    "train from scratch without --init-from"))
+    # a character model's rows are characters and a word model's words: --tokens is the checkpoint's
     shape = ("cell", "hidden", "layers", "dtype", "bidirectional", "layer_norm") + {
-        "forecast": ("horizon",), "translate": ("attention",)}.get(task, ())
+        "forecast": ("horizon",), "translate": ("attention",), "charlm": ("tokens",),
+        "classify": ("tokens",)}.get(task, ())
     for name in shape:
         if _explicit(ctx, name) and opts[name] != saved[name]:
             raise click.UsageError(f"--{name} {opts[name]} differs from the --init-from checkpoint's {saved[name]}; "
@@ -238,18 +240,25 @@ def _check_resumable(meta: dict, td, model, resume: Path) -> None:
 
 
 def _check_task_options(ctx: click.Context, opts: dict) -> None:
-    """A translator's option set for another task is an error, not silently unused. Values are
+    """A translator's option set for another task is an error, not silently unused, as are --tokens
+    word for a forecaster and --min-count for a run of characters (whose Vocab has no <unk>). Values are
     compared with the defaults, not asked whether they were given, since every run's config.json
     holds them all and --config RUN/config.json repeats any run."""
     task = opts["task"]
-    if opts["tokens"] != "char" and task != "translate":
-        raise click.UsageError(f"--tokens {opts['tokens']} is for --task translate so far; a {task} model reads "
-                               "characters: drop --tokens")
+    if opts["tokens"] != "char" and task not in TEXT_TASKS:
+        raise click.UsageError(f"--tokens {opts['tokens']} is for the tasks that read text "
+                               f"({', '.join(TEXT_TASKS)}); a {task} model reads numbers: drop --tokens")
     if task == "translate":
         return
     defaults = {p.name: p.default for p in ctx.command.params}
+    shared = ()  # the translator's options that this task reads too
+    if task in TEXT_TASKS:
+        shared = ("min_count",)
+        if opts["tokens"] == "char" and opts["min_count"] != defaults["min_count"]:
+            raise click.UsageError(f"--min-count is for --tokens word here: a {task} model of characters keeps "
+                                   "every character of its data; give --tokens word, or drop --min-count")
     for name in TRANSLATE_OPTIONS:
-        if opts[name] != defaults[name]:
+        if name not in shared and opts[name] != defaults[name]:
             raise click.UsageError(f"--{name.replace('_', '-')} is for --task translate; drop it for --task {task}")
 
 
@@ -366,8 +375,8 @@ def _describe_world(world, batch_size: int) -> str:
               help="Read each sequence both ways (forecast, classify, and translate's encoder; a character model "
                    "must read forwards).")
 @click.option("--seq-len", type=click.IntRange(min=1), default=64, show_default=True,
-              help="charlm: characters per training sequence (truncated BPTT length); classify: texts are cut "
-                   "to this many characters.")
+              help="charlm: characters (words, with --tokens word) per training sequence (truncated BPTT "
+                   "length); classify: texts are cut to this many characters (or words).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Sequences per step.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True,
@@ -415,8 +424,8 @@ def _describe_world(world, batch_size: int) -> str:
               help="Continue a run exactly from its checkpoint (its settings come from the checkpoint).")
 @click.option("--init-from", type=click.Path(path_type=Path), default=None, metavar="CKPT",
               help="Start a new run (new directory, fresh optimizer, step 0) from a checkpoint's weights, on "
-                   "DATA; the model's shape comes from the checkpoint, and a character model's new characters "
-                   "get fresh rows.")
+                   "DATA; the model's shape and --tokens come from the checkpoint, and a character (word) "
+                   "model's new characters (words) get fresh rows.")
 @click.option("--encoding", default="utf-8", show_default=True, help="Text encoding of DATA (e.g. latin-1).")
 @click.option("--column", default=None, help="forecast: the CSV column to forecast (header name or 0-based index).")
 @click.option("--window", type=click.IntRange(min=1), default=32, show_default=True,
@@ -433,11 +442,11 @@ def _describe_world(world, batch_size: int) -> str:
 @click.option("--target-column", default="target", show_default=True,
               help="translate: the column holding their translations.")
 @click.option("--tokens", type=click.Choice(["char", "word"]), default="char", show_default=True,
-              help="What texts are split into: characters, or words (runs of letters and digits, each other "
-                   "mark a token of its own; translate only, so far).")
+              help="charlm, classify, translate: what texts are split into: characters, or words (runs of "
+                   "letters, digits and _, each other mark a token of its own; whitespace only separates).")
 @click.option("--min-count", type=click.IntRange(min=1), default=1, show_default=True,
-              help="translate: a token (a word, or a character) seen fewer times in the training pairs reads as "
-                   "<unk>.")
+              help="A token seen fewer times in the training part reads as <unk>: a word of --tokens word, or "
+                   "for translate a character too (charlm and classify on characters keep every one).")
 @click.option("--attention", type=click.Choice(["bahdanau", "luong", "none"]), default="bahdanau", show_default=True,
               help="translate: how the decoder reads the encoder's outputs at each step: bahdanau (additive), "
                    "luong (multiplicative, 'general'), or none (the encoder's final state alone).")
@@ -544,7 +553,7 @@ def train(ctx, **opts):
                                    f"({', '.join(map(repr, init_meta['labels']))}); use data with the same labels")
         if opts["task"] == "translate":
             _check_same_vocabularies(init_meta, td, opts["data"], init_from)
-        init_weights_from(model, init_from, chars=td.meta.get("vocab", {}).get("chars"))
+        init_weights_from(model, init_from, chars=vocab_tokens(td.meta["vocab"]) if "vocab" in td.meta else None)
     if device == "gpu":
         model.to("gpu")
     val_data = validation_data(opts, td)
@@ -571,7 +580,7 @@ def train(ctx, **opts):
         _refuse_another_run(out, resume)  # again: another run may have written it during start-up
         if resume is None and world.rank == 0:
             (out / "metrics.jsonl").unlink(missing_ok=True)  # of a run killed before its first checkpoint
-        callbacks = [ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"]),
+        callbacks = [ProgressBar(disable=not progress, file=sys.stderr), EvalReport(opts["task"], opts["tokens"]),
                      JSONLLogger(out / "metrics.jsonl")]
         if tensorboard:
             callbacks.append(TensorBoardLogger(out / "tensorboard"))
@@ -606,8 +615,9 @@ def train(ctx, **opts):
 
         plots = _write_plots(out, opts, model, td) if world.rank == 0 else []
         best = "no validation yet" if result["best_val"] is None else (
-            f"best validation loss {describe_loss(opts['task'], result['best_val'])} at step {result['best_step']}")
-        click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline)}")
+            f"best validation loss {describe_loss(opts['task'], result['best_val'], opts['tokens'])} "
+            f"at step {result['best_step']}")
+        click.echo(f"{best}; {td.baseline_name} baseline {describe_loss(opts['task'], td.baseline, opts['tokens'])}")
         files = [out / name for name in CHECKPOINTS if (out / name).exists()] + [out / "metrics.jsonl"] + plots
         if tensorboard:
             files.append(out / "tensorboard")

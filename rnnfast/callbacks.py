@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from rnnfast.data import Vocab
+from rnnfast.data import vocab_from_dict
 from rnnfast.models.sampling import default_prime
 from rnnfast.rundir import RunDirectoryError
 
@@ -344,7 +344,7 @@ class TensorBoardLogger(Callback):
     # -- the hooks ----------------------------------------------------------------------------------
     def on_train_begin(self, trainer):
         vocab = self.vocab if self.vocab is not None else trainer.meta.get("vocab")
-        self._sample_vocab = Vocab.from_dict(vocab) if isinstance(vocab, dict) else vocab
+        self._sample_vocab = vocab_from_dict(vocab) if isinstance(vocab, dict) else vocab
         self._open(trainer.step)
 
     def on_step_end(self, trainer, step, logs):
