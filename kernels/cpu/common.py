@@ -117,20 +117,29 @@ def _zone_row(z_row, prev, new, one):
         new[j] = z_row[j] * prev[j] + (one - z_row[j]) * new[j]
 
 
+def zone_args(zones, saved):
+    """(zones, saved) for a forward loop when a state part is zoned, else (None, None): a loop typed
+    with None has zoneout's code pruned by Numba at compile time, as :func:`norm_args` does for
+    layer norm. The recurrent-dropout mask stays an array, empty when off, so that the default
+    character model (recurrent dropout in training, none in evaluation) compiles one loop."""
+    return (zones, saved) if any(z.shape[0] for z in zones) else (None, None)
+
+
 @njit(cache=True, fastmath=True, error_model="numpy")
 def options_forward(t, b0, b1, lengths, y, states, a, mask, zones, saved, one):
     """After step t's cell update of rows b0:b1: zoneout mixes each zoned state part with its value
-    before the step (rows inside their length; y follows h), then the masked h enters ``a``."""
-    for k in range(len(states)):
-        if zones[k].shape[0] > 0:
-            s, z, keep = states[k], zones[k], saved[k]
-            for b in range(b0, b1):
-                if t < lengths[b]:
-                    if keep.shape[0] > 0:
-                        copy_row(keep[t + 1, b], s[t + 1, b])
-                    _zone_row(z[t, b], s[t, b], s[t + 1, b], one)
-                    if k == 0:
-                        copy_row(y[t, b], s[t + 1, b])
+    before the step (rows inside their length; y follows h), then the masked h enters ``a``.
+    zones, saved: None without zoneout (:func:`zone_args`)."""
+    if zones is not None:  # indexed, not unpacked: see lstm._forward_step
+        for k in range(len(states)):
+            if zones[k].shape[0] > 0:
+                for b in range(b0, b1):
+                    if t < lengths[b]:
+                        if saved[k].shape[0] > 0:
+                            copy_row(saved[k][t + 1, b], states[k][t + 1, b])
+                        _zone_row(zones[k][t, b], states[k][t, b], states[k][t + 1, b], one)
+                        if k == 0:
+                            copy_row(y[t, b], states[k][t + 1, b])
     if mask.shape[0] > 0:
         h = states[0]
         for b in range(b0, b1):

@@ -25,8 +25,8 @@ from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_gr
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, normalise_recurrent, options_forward,
-    options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zoneout_add,
-    zoneout_grads)
+    options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zone_args,
+    zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -70,7 +70,8 @@ def _forward_step(gates_t, hn_t, hw, b_hh, h_prev, h_next, y_t, t, lengths, one,
 def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved, norm_hh):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 3H) hold W_i x + b_i on entry; hw: (B, 3H) scratch for
-    W_hh h of the current step; a, mask, zones, saved: the cell options (cells.cell_options);
+    W_hh h of the current step; a, mask, zones, saved: the cell options (cells.cell_options;
+    zones and saved None without zoneout: common.zone_args);
     norm_hh: (gain_hh, bias_hh, hat_h, rstd_h, consts), layer norm's (None without it)."""
     one = h[0, 0, 0] * 0 + 1
     zero = one - one
@@ -108,7 +109,7 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_n
     h[0] = h0
     hw = np.empty((B, 3 * H), dtype=x.dtype)
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), np)  # backward reads gates, not h'
-    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, zones, saved,
+    run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, *zone_args(zones, saved),
              norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)))
     cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms)
     return y, (h[T].copy(),), cache

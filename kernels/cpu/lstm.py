@@ -26,8 +26,8 @@ from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_gr
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
 from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, normalise_row,
-    normalise_row_backward, options_forward, options_probe, prepare, recurrent_gemm_backward, recurrent_gemm_forward,
-    recurrent_grads, run_rows, weight_grads, zoneout_add, zoneout_grads)
+    normalise_row_backward, options_forward, options_probe, prepare, recurrent_gemm_backward,
+    recurrent_gemm_forward, recurrent_grads, run_rows, weight_grads, zone_args, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -95,7 +95,8 @@ def _forward_step(gates_t, bias, c_prev, h_prev, c_next, h_next, y_t, t, b0, len
 def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, zones, saved, hw, norm_hh, norm_c):
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other.
     w_hh_t: W_hh^T packed; gates: (T, B, 4H) hold the input projection on entry; a, mask, zones,
-    saved: the cell options (cells.cell_options); hw: (B, 4H) scratch, norm_hh: (gain_hh, bias_hh,
+    saved: the cell options (cells.cell_options; zones and saved None without zoneout:
+    common.zone_args); hw: (B, 4H) scratch, norm_hh: (gain_hh, bias_hh,
     hat_h, rstd_h, consts) and norm_c: (gain_c, bias_c, hat_c, rstd_c, consts), layer norm's
     (cells.layer_norm_arrays; None without it: common.norm_args)."""
     zero = h[0, 0, 0] * 0
@@ -130,7 +131,7 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_
     h[0] = h0
     c[0] = c0
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False, True), np)
-    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, zones, saved,
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, *zone_args(zones, saved),
              norm_scratch(hats, B, 4 * H, x.dtype), norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)),
              norm_args(hats, (params[4], params[5], hats[2], rstds[2], consts)))
     cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c, norms)

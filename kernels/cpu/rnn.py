@@ -16,9 +16,9 @@ from numba import njit
 from rnnfast.kernels.cells import ACTIVATIONS, cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import tanh
 from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
-    norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, options_forward, options_probe,
-    prepare, recurrent_gemm_backward, recurrent_gemm_forward, recurrent_grads, run_rows, weight_grads, zoneout_add,
-    zoneout_grads)
+    norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, options_forward,
+    options_probe, prepare, recurrent_gemm_backward, recurrent_gemm_forward, recurrent_grads, run_rows,
+    weight_grads, zone_args, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 TANH, RELU = ACTIVATIONS.index("tanh"), ACTIVATIONS.index("relu")
@@ -52,7 +52,7 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h, a, mask, zones
     """The recurrence for batch rows b0:b1, all T steps: rows never read each other. w_hh_t: W_hh^T
     packed; h[1:] holds the input projection on entry: each step adds W_hh h to it and then
     overwrites it with the state, so there is no (T, B, H) scratch. a, mask, zones, saved: the cell
-    options (cells.cell_options); hw: (B, H) scratch and norm_hh: (gain_hh, bias_hh, hat_h, rstd_h,
+    options (cells.cell_options; zones and saved None without zoneout: common.zone_args); hw: (B, H) scratch and norm_hh: (gain_hh, bias_hh, hat_h, rstd_h,
     consts), layer norm's (None without it)."""
     zero = h[0, 0, 0] * 0
     for t in range(y.shape[0]):
@@ -83,7 +83,7 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=Non
     norm_input_forward(h[1:].reshape(T * B, H), params, hats, rstds, consts)
     h[0] = h0
     a, mask, zones, saved = cell_options(h, h_mask, zone, (True,), np)
-    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h, a, mask, zones, saved,
+    run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h, a, mask, *zone_args(zones, saved),
              norm_scratch(hats, B, H, x.dtype), norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)))
     cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h, norms)
     return y, (h[T].copy(),), cache

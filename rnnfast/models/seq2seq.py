@@ -216,7 +216,8 @@ class Seq2Seq(Model):
             raise ValueError(f"teacher_forcing must be in (0, 1], got {teacher_forcing!r}")
         for name, size in (("src_vocab_size", src_vocab_size), ("tgt_vocab_size", tgt_vocab_size)):
             if not isinstance(size, (int, np.integer)) or size <= EOS:
-                raise ValueError(f"{name} must be an integer above {EOS} (ids 0-2 are <pad>, <bos>, <eos>), got {size!r}")
+                raise ValueError(f"{name} must be an integer above {EOS} (ids 0-2 are <pad>, <bos>, <eos>), "
+                                 f"got {size!r}")
         seed = resolve_seed(seed)
         dtype = np.dtype(dtype)
         decoder_cell = cell if decoder_cell is None else decoder_cell
