@@ -161,7 +161,7 @@ def _train(argv: list[str], callbacks: list) -> int:
     return 0
 
 
-def _run_trial(tuning, study, trial, fixed_argv: list[str], out: Path, task: str) -> bool:
+def _run_trial(tuning, study, trial, fixed_argv: list[str], out: Path, task: str, tokens: str) -> bool:
     """Run one trial to its end and tell the study how it went; False when Ctrl-C stopped it."""
     run_dir = out / f"trial-{trial.number:03d}"
     argv = [*fixed_argv, *(t for flag, value in trial.params.items() for t in _trial_tokens(flag, value))]
@@ -203,10 +203,10 @@ def _run_trial(tuning, study, trial, fixed_argv: list[str], out: Path, task: str
     elif result["stopped"] == tuning.PRUNED:
         study.tell(trial, state=tuning.TrialState.PRUNED)
         click.echo(f"trial {trial.number}: pruned at step {result['step']} (validation loss "
-                   f"{describe_loss(task, result['val']['loss'])})", err=True)
+                   f"{describe_loss(task, result['val']['loss'], tokens)})", err=True)
     else:
         study.tell(trial, result["best_val"])
-        click.echo(f"trial {trial.number}: validation loss {describe_loss(task, result['best_val'])} at step "
+        click.echo(f"trial {trial.number}: validation loss {describe_loss(task, result['best_val'], tokens)} at step "
                    f"{result['best_step']}", err=True)
     return not interrupted
 
@@ -242,9 +242,9 @@ def _toml_value(value) -> str:
     return json.dumps(str(value))  # a JSON string's escapes are TOML's basic string's
 
 
-def _best_toml(study, best, out: Path, task: str) -> str:
+def _best_toml(study, best, out: Path, task: str, tokens: str) -> str:
     lines = [f"# rnnfast tune: the best trial of study {study.study_name!r}: trial {best.number}, validation loss",
-             f"# {describe_loss(task, best.value)} at step {best.user_attrs.get('best_step')} "
+             f"# {describe_loss(task, best.value, tokens)} at step {best.user_attrs.get('best_step')} "
              f"(run directory {best.user_attrs.get('run_dir')}).",
              f"# Rerun it with: rnnfast train --config {out / 'best.toml'}",
              "# (options on that command line win over these, e.g. --steps 5000)"]
@@ -252,7 +252,7 @@ def _best_toml(study, best, out: Path, task: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _report(tuning, study, out: Path, task: str) -> bool:
+def _report(tuning, study, out: Path, task: str, tokens: str) -> bool:
     """The ranked table, each failure's reason, best.toml and history.png; whether any trial completed."""
     trials = study.get_trials(deepcopy=False)
     if not trials:
@@ -265,7 +265,7 @@ def _report(tuning, study, out: Path, task: str) -> bool:
     complete = [t for t in trials if t.state == tuning.TrialState.COMPLETE]
     if complete:
         best = min(complete, key=lambda t: t.value)
-        write_text_atomically(out / "best.toml", _best_toml(study, best, out, task))
+        write_text_atomically(out / "best.toml", _best_toml(study, best, out, task, tokens))
         wrote.append(out / "best.toml")
         click.echo(f"best: trial {best.number}, validation loss {describe_loss(task, best.value)}; "
                    f"rerun it with: rnnfast train --config {out / 'best.toml'}")
@@ -354,7 +354,7 @@ def tune(ctx, train_args, trials, trial_budget, params, space, sampler, seed, pr
         if trial_budget is None and not given_limits:
             trial_budget = DEFAULT_TRIAL_BUDGET
         space_of_study = _search_space(tuning, params, space, fixed)
-        task = fixed.params["task"]
+        task, tokens = fixed.params["task"], fixed.params.get("tokens") or "char"  # the loss's units
         limits = [f"{fixed.params[k]} {k}" for k in ("steps", "epochs") if k in given_limits]
         budget = trial_budget if trial_budget is not None else fixed.params["time_budget"]
         if budget is not None:
@@ -389,7 +389,7 @@ def tune(ctx, train_args, trials, trial_budget, params, space, sampler, seed, pr
                 break
             trial = study.ask(space_of_study)
             try:
-                if not _run_trial(tuning, study, trial, fixed_argv, out, task):
+                if not _run_trial(tuning, study, trial, fixed_argv, out, task, tokens):
                     interrupted = True
                     break
             except KeyboardInterrupt:  # between the trial's run and its record: it still gets one
@@ -398,7 +398,7 @@ def tune(ctx, train_args, trials, trial_budget, params, space, sampler, seed, pr
                 raise
     except KeyboardInterrupt:
         interrupted = True
-    any_complete = _report(tuning, study, out, task)
+    any_complete = _report(tuning, study, out, task, tokens)
     if interrupted:
         click.echo(f"interrupted by Ctrl-C; the study is intact in {url}: the same command continues it", err=True)
         ctx.exit(130)
