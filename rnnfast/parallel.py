@@ -81,14 +81,20 @@ class World:
         """This rank's rows ``start:stop`` of a batch of ``total``: shares as equal as they can be."""
         return self.rank * total // self.size, (self.rank + 1) * total // self.size
 
-    def share(self, batch, batch_axis: int) -> tuple[tuple, tuple[int, int], float]:
+    def share(self, batch, batch_axis: int, row_weights=None) -> tuple[tuple, tuple[int, int], float]:
         """This rank's part of a global ``batch`` (a tuple of arrays whose ``batch_axis`` runs over
         the rows): the part, its rows ``(start, total)`` and its share of the batch's mean (its rows
-        over the total). A rank left no rows (the last, short batch of an epoch) runs row 0 with a
-        share of 0: its step then draws the same masks as the others', so its streams stay theirs."""
+        over the total, or with ``row_weights(batch) -> (total,)``, what each row counts in the
+        mean, its rows' part of their sum: a translator's loss is a mean over target tokens, not
+        rows). A rank left no rows (the last, short batch of an epoch) runs row 0 with a share of
+        0: its step then draws the same masks as the others', so its streams stay theirs."""
         total = batch[0].shape[batch_axis]
         start, stop = self.rows(total)
-        share = (stop - start) / total
+        if row_weights is None:
+            share = (stop - start) / total
+        else:
+            weights = np.asarray(row_weights(batch), dtype=np.float64)
+            share = float(weights[start:stop].sum() / weights.sum())
         if stop == start:
             start, stop = 0, 1
         cut = (slice(None),) * batch_axis + (slice(start, stop),)

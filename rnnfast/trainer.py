@@ -252,7 +252,7 @@ class Trainer:
             model.reset_state()  # the streams start over: the state carried so far belongs elsewhere
         batch = next(data)
         if world.size > 1:
-            batch, rows, share = world.share(batch, getattr(data, "batch_axis", 0))
+            batch, rows, share = world.share(batch, getattr(data, "batch_axis", 0), getattr(model, "row_weights", None))
             model.set_batch_rows(rows)
         model.zero_grad()
         out = model.train_step(batch)

@@ -244,3 +244,22 @@ def test_a_forecaster_on_shuffled_rows_with_a_last_batch_of_one_row_trains_as_on
     assert "257 training" in done.stderr
     train([*run, "--out", str(tmp_path / "two")], ranks=2)
     assert_same_run(tmp_path / "one", tmp_path / "two")  # 70 steps: two epochs of 33 batches and more
+
+
+@needs_mpi
+def test_a_translator_trains_as_one_process_with_its_loss_a_mean_over_target_tokens(tmp_path):
+    """Its pairs have targets of different lengths, so a rank's share of the batch's mean is its
+    pairs' part of the target tokens, not of the rows; teacher forcing below 1 and dropout draw on
+    each rank what one process draws for the same rows."""
+    rng = np.random.default_rng(0)
+    lines = ["source\ttarget"]
+    for _ in range(120):
+        word = "".join(rng.choice(list("abcdefgh"), rng.integers(2, 9)))
+        lines.append(f"{word}\t{word[::-1]}")
+    (tmp_path / "pairs.tsv").write_text("\n".join(lines) + "\n")
+    run = [str(tmp_path / "pairs.tsv"), "--task", "translate", "--dtype", "float64", "--hidden", "8", "--layers", "2",
+           "--cell", "gru", "--dropout", "0.2", "--teacher-forcing", "0.6", "--batch-size", "8", "--steps", "12",
+           "--eval-every", "6", "--no-progress"]
+    train([*run, "--out", str(tmp_path / "one")])
+    train([*run, "--out", str(tmp_path / "two")], ranks=2)
+    assert_same_run(tmp_path / "one", tmp_path / "two")

@@ -30,7 +30,8 @@ The computation, time-major inside (K: the encoder's outputs (S, B, D*H), D = 2 
 With ``luong`` or ``none`` and full teacher forcing the decoder reads the whole target in one call
 of its layer (the fast kernels' time loop); otherwise it runs one step per call. The encoder takes
 the recurrent regularisers (weight_drop, recurrent_dropout, zoneout); the decoder, run step by step,
-would draw them anew at each step, so it takes only the dropout between its layers and layer norm.
+would draw them anew at each step, so it takes only the dropout between its layers (run step by
+step, one mask per sequence for all steps) and layer norm.
 """
 from __future__ import annotations
 
@@ -398,7 +399,12 @@ class Seq2Seq(Model):
             outs, combined, attn = self._decode_all(x, state)
         else:
             steps, outs, combined, attn = [], [], None, None
+            stream = self.decoder.dropout_stream
             for t in range(T):
+                # every step draws the same masks between the decoder's layers, one per sequence as
+                # variational dropout does, so the streams do not move with the batch's longest target
+                # (a data-parallel rank's is its own)
+                self.decoder.dropout_stream = stream
                 if sample and t > 0:
                     guess = _affine(self.head, outs[-1] * head_mask[t - 1]).argmax(axis=1).astype(inputs.dtype)
                     inputs[t] = xp.where(forced[t], inputs[t], guess)
@@ -447,6 +453,12 @@ class Seq2Seq(Model):
         get_backend(dx, embed_grad).kernels.embedding_backward(embed_grad, inputs, dx * emb_mask)
         self._encode_backward(dstate, xp.zeros_like(keys), h0)
         self._cache = None
+
+    @staticmethod
+    def row_weights(batch):
+        """(B,) what each pair of ``batch`` counts in train_step's mean, its target tokens (a
+        data-parallel rank's share of a batch is its pairs' part of them: rnnfast.parallel)."""
+        return to_numpy(_pairs(batch)[3])
 
     def train_step(self, batch) -> dict:
         """batch: ``(src, src_lengths, tgt, tgt_lengths)``. Mean cross-entropy over the target tokens
