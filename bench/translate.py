@@ -17,6 +17,11 @@ Timing as ``bench/harness.py`` does it: warm-up, then alternating rounds (the or
 round, a pause before each sample), medians; ``ratio`` is PyTorch time / rnnfast time (above 1:
 rnnfast is faster), the median of each round's ratio. ``python -m rnnfast.bench.translate`` runs
 it (about a minute on a 2-core machine); run nothing else that times at once.
+
+Then the whole training step of the same models on a batch of 64 dates pairs (forward, loss,
+backward, clipping, Adam), against the twin trained the usual PyTorch way (autograd,
+``clip_grad_norm_``, ``torch.optim.Adam``), from the same weights, checked to give the same first
+loss before it is timed.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ MAX_LEN = 11                     # len("2024-03-07") + EOS
 MODELS = (("gru", 1, 128, "bahdanau"), ("lstm", 1, 128, "bahdanau"))
 DECODES = (("greedy", 1), ("beam 5", 5))
 SENTENCES, ONE_AT_A_TIME = 256, 16
+TRAIN_BATCH = 64                 # pairs per training step
 VOCAB_PAIRS = 5000               # the pairs the vocabularies are built from (seed 0; sources use seed 1)
 
 
@@ -88,6 +94,54 @@ def bench_model(cell, num_layers, hidden_size, attention, sentences: int, repeat
     return rows
 
 
+def bench_training(cell, num_layers, hidden_size, attention, batch: int, repeats: int) -> dict:
+    """The whole training step on a batch of dates pairs (forward, loss, backward, clipping to 5,
+    Adam), rnnfast's against the twin's written the usual PyTorch way, from the same weights; the
+    first step's losses must agree before anything is timed."""
+    import rnnfast as rf
+
+    model, twin, src_vocab = build(cell, num_layers, hidden_size, attention)
+    model.params["head.bias"][EOS] = 0  # a trained model's EOS, not the decode rows' suppressed one
+    with torch.no_grad():
+        twin.head.bias[EOS] = 0
+    model.train()
+    twin.train()
+    pairs = make_pairs(VOCAB_PAIRS, seed=0)
+    tgt_vocab = TokenVocab.build([t for _, t in pairs], unit="char")
+    chosen = make_pairs(batch, seed=2)
+    src, src_len = src_vocab.encode_batch([s for s, _ in chosen])
+    tgt, tgt_len = tgt_vocab.encode_batch([t for _, t in chosen], eos=True)
+    data = (src, src_len, tgt, tgt_len)
+    data_t = tuple(torch.from_numpy(a).long() for a in data)
+    optimizer, optimizer_t = rf.optim.Adam(lr=1e-3), torch.optim.Adam(twin.parameters(), lr=1e-3)
+
+    def ours():
+        model.zero_grad()
+        loss = model.train_step(data)["loss"]
+        rf.optim.clip_grad_norm(model.grads, 5.0)
+        optimizer.step(model.params, model.grads)
+        return loss
+
+    def theirs():
+        optimizer_t.zero_grad()
+        loss = twin.loss(*data_t)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(twin.parameters(), 5.0)
+        optimizer_t.step()
+        return float(loss.detach())
+
+    first, first_t = ours(), theirs()
+    if not abs(first - first_t) <= 1e-4 * abs(first_t):
+        raise AssertionError(f"the first training step's losses differ: rnnfast {first}, torch {first_t}")
+    load_before = os.getloadavg()[0]
+    samples = time_alternating({"rnnfast": ours, "torch": theirs}, repeats)
+    times = {lib: float(np.median(v)) for lib, v in samples.items()}
+    return {"model": f"{cell} {num_layers}x{hidden_size} {attention}", "batch": batch,
+            "ms": times["rnnfast"] * 1e3, "torch_ms": times["torch"] * 1e3,
+            "ratio": paired_ratio(samples, "torch", "rnnfast"), "loss": first, "torch_loss": first_t,
+            "load_before": load_before, "load_after": os.getloadavg()[0]}
+
+
 COLUMNS = ("model", "decode", "batch", "sentences", "rnnfast sent/s", "torch sent/s", "ratio", "agree", "load")
 
 
@@ -100,6 +154,15 @@ def format_table(info: dict, rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['decode']} | {r['batch']} | {r['sentences']} | {r['sent_per_s']:,.0f} | "
                      f"{r['torch_sent_per_s']:,.0f} | {r['ratio']:.2f} | {r['agree']:.0%} | "
                      f"{r['load_before']:.1f}-{r['load_after']:.1f} |")
+    return "\n".join(lines)
+
+
+def format_training(rows: list[dict]) -> str:
+    lines = ["| model | batch | rnnfast ms/step | torch ms/step | ratio | first loss (rnnfast, torch) | load |",
+             "|---|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['ms']:.1f} | {r['torch_ms']:.1f} | {r['ratio']:.2f} | "
+                     f"{r['loss']:.5f}, {r['torch_loss']:.5f} | {r['load_before']:.1f}-{r['load_after']:.1f} |")
     return "\n".join(lines)
 
 
@@ -116,9 +179,13 @@ def main(argv=None):
     rows = [row for spec in MODELS if spec[0] in args.cells
             for row in bench_model(*spec, sentences=args.sentences, repeats=args.repeats)]
     print(format_table(info, rows))
+    training = [bench_training(*spec, batch=TRAIN_BATCH, repeats=args.repeats)
+                for spec in MODELS if spec[0] in args.cells]
+    print("\nThe whole training step (forward, loss, backward, clip, Adam):\n")
+    print(format_training(training))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": info, "rows": rows}, f, indent=2)
+            json.dump({"machine": info, "rows": rows, "training": training}, f, indent=2)
 
 
 if __name__ == "__main__":

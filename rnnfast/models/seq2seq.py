@@ -168,7 +168,10 @@ class Attention(Module):
         """dcontext: (B, N, K) -> dq: (B, N, H); the keys' gradient accumulates for prepare_backward."""
         keys, projected, _, dkeys, dprojected = self._keys
         q, pre, weights = cache
-        dkeys += weights.transpose(0, 2, 1) @ dcontext
+        if weights.shape[1] == 1:  # one query a call, as a decoder step makes: an outer product per row,
+            dkeys += weights[:, 0, :, None] * dcontext[:, 0, None, :]  # 3x faster than B tiny matmuls
+        else:
+            dkeys += weights.transpose(0, 2, 1) @ dcontext
         dweights = dcontext @ keys.transpose(0, 2, 1)  # (B, N, S)
         # softmax backward; padded positions have weight 0, so their score gradient is 0
         dscores = weights * (dweights - (weights * dweights).sum(axis=2, keepdims=True))
