@@ -177,3 +177,27 @@ def test_gemm_tiles_for_narrower_vectors(tmp_path, cpu, features, bits):
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok 6 ")
+
+
+def test_reuse_packing_packs_each_weight_once_while_it_holds(monkeypatch):
+    """Under reuse_packing a weight is packed at its first product and that copy serves the next
+    ones (the same results); outside it every call packs again, so a weight changed between calls
+    is read as it is now."""
+    rng = np.random.default_rng(0)
+    w, x = rng.standard_normal((24, 40)).astype(np.float32), rng.standard_normal((5, 40)).astype(np.float32)
+    packs = []
+    real = G.pack_b
+    monkeypatch.setattr(G, "pack_b", lambda b, nr: packs.append(b.shape) or real(b, nr))
+    plain = G.matmul(x, w.T)
+    with G.reuse_packing():
+        first, again = G.matmul(x, w.T), G.matmul(x, w.T)
+        other = G.matmul(x[:, :24], w[:, :24].T)  # another view of the same weight: its own packing
+        with G.reuse_packing():  # nested: the same store
+            inner = G.matmul(x, w.T)
+    assert len(packs) == 3  # plain, the first under reuse, the other view
+    for out in (first, again, inner):
+        np.testing.assert_array_equal(out, plain)
+    np.testing.assert_allclose(other, x[:, :24] @ w[:, :24].T, rtol=1e-5)
+    w *= 2  # outside reuse_packing nothing is kept
+    np.testing.assert_allclose(G.matmul(x, w.T), 2 * plain, rtol=1e-6)
+    assert len(packs) == 4

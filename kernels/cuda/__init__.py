@@ -1,6 +1,7 @@
 """GPU kernels (numba.cuda + CuPy), one module per cell, the kernel contract of kernels/README.md.
 Imported only when the GPU backend is asked for (or by the simulator tests, which drive them with
 NumPy arrays)."""
+import contextlib
 from functools import partial
 
 from rnnfast.kernels.cells import ACTIVATIONS
@@ -23,6 +24,12 @@ def matmul(a, b):
     return a @ b
 
 
+def reuse_packing():
+    """The CPU's packed-weight reuse (rnnfast.kernels.cpu.gemm.reuse_packing) has no work here: cuBLAS
+    reads the weights as they are."""
+    return contextlib.nullcontext()
+
+
 def embedding_backward(dweight, ids, dy):
     """dweight: (V, E) += each row of dy: (..., E) at the row its id in ids: (...) names, repeated
     ids summed (the CPU side's twin is rnnfast.kernels.cpu.embedding.embedding_backward)."""
@@ -32,5 +39,5 @@ def embedding_backward(dweight, ids, dy):
     cupy.add.at(dweight, ids.reshape(-1), dy.reshape(-1, dweight.shape[1]))
 
 
-__all__ = ["KERNELS", "matmul", "embedding_backward", "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward",
-           "gru_forward", "gru_backward"]
+__all__ = ["KERNELS", "matmul", "reuse_packing", "embedding_backward", "rnn_forward", "rnn_backward", "lstm_forward",
+           "lstm_backward", "gru_forward", "gru_backward"]

@@ -493,15 +493,20 @@ class Seq2Seq(Model):
         was_training = self.training
         self.eval()
         tokens, attention = [], []
+        # the weights stay as they are while decoding, so the CPU kernels pack each one once, not at
+        # every step's layer call
+        reuse_packing = get_backend(self.head.params["weight"]).kernels.reuse_packing
         try:
-            for i in range(0, len(src_lengths), batch_size):
-                src_b, lengths_b, _ = self._batch(src[i:i + batch_size], src_lengths[i:i + batch_size])
-                if beam == 1:
-                    found, weights = self._greedy(src_b, lengths_b, max_len, return_attention)
-                else:
-                    found, weights = self._beam(src_b, lengths_b, beam, max_len, length_penalty, return_attention)
-                tokens += found
-                attention += weights
+            with reuse_packing():
+                for i in range(0, len(src_lengths), batch_size):
+                    src_b, lengths_b, _ = self._batch(src[i:i + batch_size], src_lengths[i:i + batch_size])
+                    if beam == 1:
+                        found, weights = self._greedy(src_b, lengths_b, max_len, return_attention)
+                    else:
+                        found, weights = self._beam(src_b, lengths_b, beam, max_len, length_penalty,
+                                                    return_attention)
+                    tokens += found
+                    attention += weights
         finally:
             self.train(was_training)
             self._cache = None
