@@ -67,7 +67,8 @@ def cell_named(name: str, nonlinearity: str = "tanh") -> Cell:
 
 # The cell options reach the time loops of every cell, on both backends, as arrays, empty
 # (zero-length) for an option that is off, so one compiled loop serves every combination and a
-# loop without options runs as it did before they existed:
+# loop without options runs as it did before they existed (the CPU forward loops get zones and
+# saved as None when no part is zoned, so that Numba prunes zoneout's code: common.zone_args):
 #   a: (T+1, B, H), what enters the recurrent GEMM at each step: h itself, or h * h_mask
 #      (recurrent dropout; backward multiplies the GEMM's dh by the same mask, and dW_hh is
 #      dgates^T a);
