@@ -48,7 +48,7 @@ VOCAB_PAIRS = 5000               # the pairs the vocabularies are built from (se
 
 def build(cell: str, num_layers: int, hidden_size: int, attention: str, seed: int = 0):
     """Seq2Seq (float32) over the dates' character vocabularies, its EOS suppressed (see the
-    module), the twin holding the same weights, and the source vocabulary."""
+    module), the twin holding the same weights, and the source and target vocabularies."""
     pairs = make_pairs(VOCAB_PAIRS, seed=0)
     src_vocab = TokenVocab.build([s for s, _ in pairs], unit="char")
     tgt_vocab = TokenVocab.build([t for _, t in pairs], unit="char")
@@ -58,13 +58,13 @@ def build(cell: str, num_layers: int, hidden_size: int, attention: str, seed: in
     weights["head.bias"] = weights["head.bias"].copy()
     weights["head.bias"][EOS] = -1e4
     model.load_state_dict(weights)
-    return model.eval(), from_rnnfast(model), src_vocab
+    return model.eval(), from_rnnfast(model), src_vocab, tgt_vocab
 
 
 def bench_model(cell, num_layers, hidden_size, attention, sentences: int, repeats: int) -> list[dict]:
     """One row per decode of DECODES, batched and one at a time: sentences/s of each library, their
     paired ratio and the share of outputs that agree."""
-    model, twin, src_vocab = build(cell, num_layers, hidden_size, attention)
+    model, twin, src_vocab, _ = build(cell, num_layers, hidden_size, attention)
     sources = [s for s, _ in make_pairs(sentences, seed=1)]
     src, src_len = src_vocab.encode_batch(sources)
     rows = []
@@ -100,14 +100,12 @@ def bench_training(cell, num_layers, hidden_size, attention, batch: int, repeats
     first step's losses must agree before anything is timed."""
     import rnnfast as rf
 
-    model, twin, src_vocab = build(cell, num_layers, hidden_size, attention)
+    model, twin, src_vocab, tgt_vocab = build(cell, num_layers, hidden_size, attention)
     model.params["head.bias"][EOS] = 0  # a trained model's EOS, not the decode rows' suppressed one
     with torch.no_grad():
         twin.head.bias[EOS] = 0
     model.train()
     twin.train()
-    pairs = make_pairs(VOCAB_PAIRS, seed=0)
-    tgt_vocab = TokenVocab.build([t for _, t in pairs], unit="char")
     chosen = make_pairs(batch, seed=2)
     src, src_len = src_vocab.encode_batch([s for s, _ in chosen])
     tgt, tgt_len = tgt_vocab.encode_batch([t for _, t in chosen], eos=True)

@@ -12,6 +12,7 @@ import click
 from rnnfast import tasks
 from rnnfast.errors import CheckpointError, DataError
 from rnnfast.models import PairSet
+from rnnfast.models.seq2seq import import_sacrebleu
 from rnnfast.tasks import TASKS, TaskData, translate_vocabs
 
 # The train options that only a translator reads: its columns, its vocabulary's cut-off, its model
@@ -121,12 +122,12 @@ def validation_data(opts: dict, td: TaskData, beam: int | None = None):
 
 
 def require_translate_metrics() -> None:
-    """A translator's validation scores BLEU and chrF with sacrebleu, an optional dependency."""
+    """A translator's validation scores BLEU and chrF with sacrebleu, an optional dependency: its
+    absence is a one-line error before anything is read or built."""
     try:
-        import sacrebleu  # noqa: F401
-    except ImportError:
-        raise click.ClickException("a translation model is scored with BLEU and chrF by sacrebleu, which is not "
-                                   "installed: pip install 'rnnfast[translate]'") from None
+        import_sacrebleu()
+    except ImportError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def build_model(opts: dict, td: TaskData):

@@ -91,21 +91,31 @@ class Linear(Module):
 
     def forward(self, x):
         """x: (..., in_features) -> y: (..., out_features)."""
-        weight = self._params["weight"]
-        matmul = get_backend(x, weight).kernels.matmul  # a NumPy/CuPy mix is a clear TypeError here
+        get_backend(x, self._params["weight"])  # a NumPy/CuPy mix is a clear TypeError here
         if x.ndim == 0 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear expects input (..., {self.in_features}), got shape {tuple(x.shape)}")
         self._x = x
-        y = matmul(x.reshape(-1, self.in_features), weight.T).reshape(x.shape[:-1] + (self.out_features,))
-        if "bias" in self._params:
-            y += self._params["bias"]
-        return y
+        return self.apply(x)
 
     def backward(self, dy):
         """dy: (..., out_features) -> dx: (..., in_features); adds into grads["weight"], grads["bias"]."""
         x = _require_forward(self._x, "Linear")
         if dy.shape != x.shape[:-1] + (self.out_features,):
             raise ValueError(f"Linear.backward: dy has shape {dy.shape}, expected {x.shape[:-1] + (self.out_features,)}")
+        return self.apply_backward(x, dy)
+
+    def apply(self, x):
+        """:meth:`forward` without keeping x: for a caller that applies the layer many times before
+        their backward passes (a decoder's steps) and keeps each x itself for :meth:`apply_backward`."""
+        weight = self._params["weight"]
+        y = get_backend(x, weight).kernels.matmul(x.reshape(-1, self.in_features), weight.T)
+        y = y.reshape(x.shape[:-1] + (self.out_features,))
+        if "bias" in self._params:
+            y += self._params["bias"]
+        return y
+
+    def apply_backward(self, x, dy):
+        """The backward of :meth:`apply` at x for dy: adds into ``grads``, returns dx: (..., in_features)."""
         # flatten the leading dims so each parameter gradient is one GEMM
         dy2 = dy.reshape(-1, self.out_features)
         matmul = get_backend(dy, x).kernels.matmul

@@ -110,14 +110,20 @@ def read_charlm(path=None, *, batch_size: int, seq_len: int, val_frac: float = 0
                     unigram_loss(train, val, len(vocab)), "unigram")
 
 
+def _require_tokens(vocab: TokenVocab, what: str, where: str) -> TokenVocab:
+    """``vocab``, unless --min-count left it no token (only specials): then a DataError naming
+    ``what`` was counted ("word of FILE") and ``where`` ("the training rows")."""
+    if not vocab.tokens:
+        raise DataError(f"no {what} occurs {vocab.min_count} times (--min-count) in {where}; use a smaller --min-count")
+    return vocab
+
+
 def _word_stream(text: str, name: str, val_frac: float, min_count: int) -> tuple[TokenVocab, np.ndarray]:
     """A text's word vocabulary (of the words before its held-out part) and its word ids (N,)."""
     words = split_words(text)
     vocab = TokenVocab.from_tokens(words[chronological_split(len(words), val_frac)[0]], "word", min_count)
-    if not vocab.tokens:
-        raise DataError(f"no word of {name} occurs {min_count} times (--min-count) in its training part; "
-                        "use a smaller --min-count")
-    ids = vocab.encode(text)
+    _require_tokens(vocab, f"word of {name}", "its training part")
+    ids = vocab.encode_tokens(words)
     if len(np.unique(ids)) < 2:
         # Every next word is certain: nothing to learn, as for a text of one character.
         raise DataError(f"{name} holds only one distinct word ({vocab.tokens[0]!r}); a word model needs a text "
@@ -248,10 +254,8 @@ def read_classify(path, *, seq_len: int, text_column="text", label_column="label
     # Files of labelled texts are often sorted by label: shuffle (seeded) before holding rows out.
     tr, va = shuffled_split(len(labels), val_frac, seed, path, "rows")
     if tokens == "word":
-        vocab = TokenVocab.build([texts[i] for i in tr], "word", min_count)
-        if not vocab.tokens:
-            raise DataError(f"no word of {path} occurs {min_count} times (--min-count) in the training rows; "
-                            "use a smaller --min-count")
+        vocab = _require_tokens(TokenVocab.build([texts[i] for i in tr], "word", min_count), f"word of {path}",
+                                "the training rows")
     else:
         vocab = Vocab.from_text("".join(texts))
     ids, lengths = encode_texts(vocab, texts, seq_len, path)
@@ -309,9 +313,7 @@ def read_translate(path, *, source_column="source", target_column="target", val_
     source_vocab = TokenVocab.build([sources[i] for i in tr], tokens, min_count)
     target_vocab = TokenVocab.build([targets[i] for i in tr], tokens, min_count)
     for side, vocab in (("source", source_vocab), ("target", target_vocab)):
-        if not vocab.tokens:
-            raise DataError(f"no {side} {tokens} of {path} occurs {min_count} times (--min-count) in the training "
-                            "pairs; use a smaller --min-count")
+        _require_tokens(vocab, f"{side} {tokens} of {path}", "the training pairs")
     src, src_lengths, tgt, tgt_lengths = arrays = encode_pairs(source_vocab, target_vocab, sources, targets)
     train, val = tuple(a[tr] for a in arrays), tuple(a[va] for a in arrays)
     meta = {"source_vocab": source_vocab.to_dict(), "target_vocab": target_vocab.to_dict(),

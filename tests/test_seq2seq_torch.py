@@ -277,7 +277,7 @@ def test_translate_bench_models_write_a_trained_models_length_in_both_libraries(
     pytest.importorskip("rnnfast.models.seq2seq", reason="rnnfast.models.seq2seq is not written yet")
     from rnnfast.bench import translate
 
-    model, ref, src_vocab = translate.build("gru", 1, 16, "bahdanau")
+    model, ref, src_vocab, _ = translate.build("gru", 1, 16, "bahdanau")
     src, src_len = src_vocab.encode_batch([s for s, _ in dates.make_pairs(8, seed=1)])
     ours = model.translate(src, src_len, beam=1, max_len=translate.MAX_LEN)
     assert [len(ids) for ids in ours] == [translate.MAX_LEN] * 8      # EOS never wins: no early stop

@@ -109,8 +109,12 @@ class TokenVocab:
 
     def encode(self, text: str) -> np.ndarray:
         """``text`` as ids (N,) int32, one per token, unknown tokens as :data:`UNK`; no BOS or EOS added."""
+        return self.encode_tokens(self.tokenize(text))
+
+    def encode_tokens(self, tokens) -> np.ndarray:
+        """Tokens already split (an iterable of strings) as ids (N,) int32, unknown ones as :data:`UNK`."""
         ids = self._ids
-        return np.array([ids.get(t, UNK) for t in self.tokenize(text)], dtype=np.int32)
+        return np.array([ids.get(t, UNK) for t in tokens], dtype=np.int32)
 
     def encode_batch(self, texts, eos: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """N texts -> ids (N, T) int32, each text's as :meth:`encode` gives them and then :data:`EOS`
@@ -120,8 +124,7 @@ class TokenVocab:
         1.4 s here against 2.0 s through :meth:`encode` line by line (on the 2-core development machine).
         """
         tokens = [self.tokenize(text) for text in texts]
-        ids = self._ids
-        flat = np.array([ids.get(t, UNK) for t in chain.from_iterable(tokens)], dtype=np.int32)
+        flat = self.encode_tokens(chain.from_iterable(tokens))
         counts = np.array([len(t) for t in tokens], dtype=np.int32)
         lengths = counts + 1 if eos else counts
         batch = np.full((len(tokens), int(lengths.max(initial=0))), PAD, dtype=np.int32)

@@ -73,28 +73,6 @@ class PairSet:
         return len(self.src)
 
 
-# -- affine maps that leave a layer's cache alone (called once per step) ---------------------------
-
-def _affine(layer: Linear, x):
-    """layer(x) for x: (..., in) without keeping x in the layer: a step's caller keeps it."""
-    w = layer.params["weight"]
-    y = get_backend(x, w).kernels.matmul(x.reshape(-1, w.shape[1]), w.T).reshape(x.shape[:-1] + (w.shape[0],))
-    if "bias" in layer.params:
-        y += layer.params["bias"]
-    return y
-
-
-def _affine_backward(layer: Linear, x, dy):
-    """The gradient of :func:`_affine` at x: adds into ``layer.grads``, returns dx: (..., in)."""
-    w, grads = layer.params["weight"], layer.grads
-    matmul = get_backend(dy, w).kernels.matmul
-    x2, dy2 = x.reshape(-1, w.shape[1]), dy.reshape(-1, w.shape[0])
-    grads["weight"] += matmul(dy2.T, x2)
-    if "bias" in grads:
-        grads["bias"] += dy2.sum(axis=0)
-    return matmul(dy2, w).reshape(x.shape)
-
-
 def _compiled(backend, x) -> bool:
     """Whether the additive scores run compiled (kernels/cpu/attention.py): on the CPU, in float32/64."""
     return backend.name == "cpu" and x.dtype in backend.kernels.FLOAT_DTYPES
@@ -153,11 +131,11 @@ class Attention(Module):
         elif _compiled(backend, q):
             B, N, S, H = q.shape[:2] + projected.shape[1:]
             pre, scores = np.empty((B, N, S, H), q.dtype), np.full((B, N, S), -np.inf, q.dtype)
-            backend.kernels.additive_scores(projected, _affine(self.query, q), self.score.params["weight"][0],
+            backend.kernels.additive_scores(projected, self.query.apply(q), self.score.params["weight"][0],
                                             self._lengths, pre, scores)
         else:
             # pre: (B, N, S, H), the additive score's hidden layer for each query and position
-            pre = xp.tanh(projected[:, None] + _affine(self.query, q)[:, :, None])
+            pre = xp.tanh(projected[:, None] + self.query.apply(q)[:, :, None])
             scores = xp.where(valid[:, None, :], pre @ self.score.params["weight"][0], -xp.inf)
         scores = scores - scores.max(axis=2, keepdims=True)
         weights = xp.exp(scores)
@@ -184,11 +162,11 @@ class Attention(Module):
             dquery = np.empty(q.shape[:2] + (w.shape[1],), q.dtype)
             backend.kernels.additive_scores_backward(pre, w[0], dscores, self._lengths, dprojected, dquery,
                                                      self.score.grads["weight"][0])
-            return _affine_backward(self.query, q, dquery)
+            return self.query.apply_backward(q, dquery)
         self.score.grads["weight"] += (dscores[..., None] * pre).sum(axis=(0, 1, 2))[None]
         dz = _dtanh(dscores[..., None] * w[0], pre)  # (B, N, S, H)
         dprojected += dz.sum(axis=1)
-        return _affine_backward(self.query, q, dz.sum(axis=2))
+        return self.query.apply_backward(q, dz.sum(axis=2))
 
     def prepare_backward(self):
         """The keys' gradient (B, S, K) from every attend_backward since :meth:`prepare`."""
@@ -319,8 +297,9 @@ class Seq2Seq(Model):
             self.attention.prepare(keys_first, src_lengths)
         return state, keys_first, h0
 
-    def _encode_backward(self, dstate, dkeys_first, h0):
-        """dstate: the gradient of h_0 (and c_0, which is a constant); dkeys_first: (B, S, D*H)."""
+    def _encode_backward(self, dstate, keys_first, h0):
+        """dstate: the gradient of h_0 (and c_0, which is a constant); keys_first, h0: what
+        :meth:`_encode` returned. The keys' gradient is the attention's (zero without one)."""
         xp = get_array_module(h0)
         dh = dstate[0] if isinstance(dstate, tuple) else dstate  # (L, B, H)
         L, D, H = self.num_layers, self.num_directions, self.hidden_size
@@ -329,8 +308,7 @@ class Seq2Seq(Model):
         for d in range(D):
             dh_n[(L - 1) * D + d] = dtop[:, d * H:(d + 1) * H]
         dfinal = (dh_n, xp.zeros_like(dh_n)) if self.encoder.has_cell_state else dh_n
-        if "attention" in self._children:
-            dkeys_first = dkeys_first + self.attention.prepare_backward()
+        dkeys_first = self.attention.prepare_backward() if "attention" in self._children else xp.zeros_like(keys_first)
         dx, _ = self.encoder.backward(xp.ascontiguousarray(dkeys_first.transpose(1, 0, 2)), dfinal)
         self.enc_embed.backward(self.enc_drop.backward(dx))
 
@@ -351,7 +329,7 @@ class Seq2Seq(Model):
         if self.attention_kind == "luong":
             context, weights, attn = self.attention.attend(h[:, None])
             combined = xp.concatenate([context[:, 0], h], axis=1)
-            out = xp.tanh(_affine(self.combine, combined))
+            out = xp.tanh(self.combine.apply(combined))
         return out, state, None if attn is None else weights[:, 0], (self.decoder.take_cache(), attn, combined, out)
 
     def _step_backward(self, dout, dstate, cache):
@@ -360,7 +338,7 @@ class Seq2Seq(Model):
         decoder_cache, attn, combined, out = cache
         dh = dout
         if self.attention_kind == "luong":
-            dcombined = _affine_backward(self.combine, combined, _dtanh(dout, out))
+            dcombined = self.combine.apply_backward(combined, _dtanh(dout, out))
             K = dcombined.shape[1] - self.hidden_size
             dh = dcombined[:, K:] + self.attention.attend_backward(dcombined[:, None, :K], attn)[:, 0]
         self.decoder.restore_cache(decoder_cache)
@@ -409,7 +387,7 @@ class Seq2Seq(Model):
                 # (a data-parallel rank's is its own)
                 self.decoder.dropout_stream = stream
                 if sample and t > 0:
-                    guess = _affine(self.head, outs[-1] * head_mask[t - 1]).argmax(axis=1).astype(inputs.dtype)
+                    guess = self.head.apply(outs[-1] * head_mask[t - 1]).argmax(axis=1).astype(inputs.dtype)
                     inputs[t] = xp.where(forced[t], inputs[t], guess)
                 out, state, _, cache = self._step(xp.take(embed, inputs[t], axis=0) * emb_mask[t], state)
                 outs.append(out)
@@ -430,7 +408,7 @@ class Seq2Seq(Model):
         y_first = y.transpose(1, 0, 2)
         context, _, attn = self.attention.attend(y_first)
         combined = xp.concatenate([context, y_first], axis=2).transpose(1, 0, 2)  # (T, B, D*H + H)
-        return xp.tanh(_affine(self.combine, combined)), combined, attn
+        return xp.tanh(self.combine.apply(combined)), combined, attn
 
     def backward(self, dlogits):
         """dlogits: (T, B, V) -> None; adds into ``grads``."""
@@ -443,7 +421,7 @@ class Seq2Seq(Model):
         if steps is None:
             dy = douts
             if self.attention_kind == "luong":
-                dcombined = _affine_backward(self.combine, combined, _dtanh(douts, outs))
+                dcombined = self.combine.apply_backward(combined, _dtanh(douts, outs))
                 K = dcombined.shape[2] - self.hidden_size
                 dq = self.attention.attend_backward(dcombined[:, :, :K].transpose(1, 0, 2), attn)
                 dy = dcombined[:, :, K:] + dq.transpose(1, 0, 2)
@@ -454,7 +432,7 @@ class Seq2Seq(Model):
                 dx[t], dstate = self._step_backward(douts[t], dstate, steps[t])
         embed_grad = self.dec_embed.grads["weight"]
         get_backend(dx, embed_grad).kernels.embedding_backward(embed_grad, inputs, dx * emb_mask)
-        self._encode_backward(dstate, xp.zeros_like(keys), h0)
+        self._encode_backward(dstate, keys, h0)
         self._cache = None
 
     @staticmethod
@@ -544,7 +522,7 @@ class Seq2Seq(Model):
         history, weights = [], []
         for _ in range(max_len):
             out, state, attn, _ = self._step(xp.take(embed, tokens, axis=0), state)
-            tokens = xp.where(done, PAD, _affine(self.head, out).argmax(axis=1)).astype(src.dtype)
+            tokens = xp.where(done, PAD, self.head.apply(out).argmax(axis=1)).astype(src.dtype)
             lengths += ~done
             done |= tokens == EOS
             history.append(tokens)
@@ -569,7 +547,7 @@ class Seq2Seq(Model):
         ended[PAD] = 0  # a finished hypothesis goes on writing padding, at no cost
         for _ in range(max_len):
             out, state, attn, _ = self._step(xp.take(embed, tokens, axis=0), state)
-            logits = _affine(self.head, out)
+            logits = self.head.apply(out)
             logits = logits - logits.max(axis=1, keepdims=True)
             logp = (logits - xp.log(xp.exp(logits).sum(axis=1, keepdims=True))).reshape(B, k, V)
             logp = xp.where(finished[..., None], ended, logp)
@@ -605,7 +583,7 @@ class Seq2Seq(Model):
         (0-100) of the decodings against the targets. In eval mode; the training mode is restored."""
         pairs = data if isinstance(data, PairSet) else PairSet(*_pairs(data))
         if pairs.detokenize is not None:
-            scorers = _sacrebleu()
+            scorers = import_sacrebleu()
         src_all, src_lengths_all, tgt_all, tgt_lengths_all = pairs.arrays
         tgt_lengths_all = np.asarray(to_numpy(tgt_lengths_all))
         was_training = self.training
@@ -645,11 +623,12 @@ def _pairs(batch) -> tuple:
     return tuple(batch)
 
 
-def _sacrebleu():
-    """sacrebleu, which scores BLEU and chrF; an ImportError saying how to install it."""
+def import_sacrebleu():
+    """sacrebleu, which scores BLEU and chrF, imported when first asked for (an optional dependency);
+    without it an ImportError that says how to install it."""
     try:
         import sacrebleu
     except ImportError:
-        raise ImportError("BLEU and chrF are computed by sacrebleu, which is not installed: "
-                          "pip install 'rnnfast[translate]'") from None
+        raise ImportError("a translation model is scored with BLEU and chrF by sacrebleu, which is not "
+                          "installed: pip install 'rnnfast[translate]'") from None
     return sacrebleu
