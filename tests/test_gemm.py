@@ -140,6 +140,31 @@ def test_gemm_writes_only_inside_c_and_handles_empty_depth():
     assert (out == 0).all()
 
 
+def test_products_shared_across_cores_do_every_item_once_even_from_several_callers():
+    """Large products hand their items out through an atomic counter of their own (gemm._core).
+    Items done twice would accumulate twice, items skipped would keep the start: with accumulate
+    on a known start both show. Four caller threads at once must not share a counter."""
+    from concurrent.futures import ThreadPoolExecutor
+    rng = np.random.default_rng(5)
+    shapes = [(2048, 256, 260), (1030, 700, 96), (250, 1300, 70)]  # partial row blocks and panels
+    cases = []
+    for m, k, n in shapes:
+        a, b = _operands(rng, m, k, n, np.float32, True, False)  # A transposed: the packed path
+        assert m * k * n >= G.SERIAL_BELOW
+        start = rng.standard_normal((m, n)).astype(np.float32)
+        cases.append((a, b, start, a.astype(np.float64) @ b.astype(np.float64) + start))
+
+    def run(case):
+        a, b, start, expected = case
+        out = start.copy()
+        G.gemm(a, b, out, True)
+        return np.abs(out - expected).max() / np.sqrt(a.shape[1])
+
+    with ThreadPoolExecutor(4) as pool:
+        errors = list(pool.map(run, cases * 4))
+    assert max(errors) < 2e-6 * 4
+
+
 @settings(max_examples=40, deadline=None)
 @given(m=st.integers(1, 40), k=st.integers(1, 300), n=st.integers(1, 70), trans_a=st.booleans(),
        trans_b=st.booleans(), accumulate=st.booleans())

@@ -21,19 +21,23 @@ On the 2-core AMD EPYC Zen 3 with AVX2 and no AVX-512 the picture is mixed. Larg
 that stay in cache) against NumPy's OpenBLAS 120-167 (61-64 on one thread). The per-step
 recurrent products (M = 16-32 rows per core, K = 128-256, N = 512-1024, W_hh packed once) reach
 55-60 GFLOP/s per core against OpenBLAS's 43-45, which is why the recurrences still use this GEMM.
-A known gap: the dW GEMMs outside the time loop, with a transposed A, run at 23-60 GFLOP/s here
-against OpenBLAS's 65-120. Packing A into MR-row micro-panels per block was tried (the diff was
-kept as /tmp/gemm_apack_experiment.diff): +10-30% on large row-major products but -20-40% on
-small-N transposed ones, where the packing is not amortised over enough panels; no net gain on the
-LSTM layer, so it was not kept.
+The dW GEMMs outside the time loop have a transposed A (dgates^T @ x). Read in place it steps a
+whole row of dgates per k, and those reads share a few cache sets: 23-24 GFLOP/s on one core
+against 35 for a row-major A. Such an A is now packed into MR-row micro-panels per block and
+pass (:func:`_pack_a`, 28-30 on one core). Packing every A (the diff was kept as
+/tmp/gemm_apack_experiment.diff) was tried before: +10-30% on large row-major products but -20-40%
+on small-N transposed ones, so only the transposed case packs. On a 2-core AVX2 EPYC at 2.0 GHz
+(a slower machine than the one above: 57-70 GFLOP/s for OpenBLAS on 2 threads) the products of an
+LSTM 2x256 B32 T64 training step run at 47-65 GFLOP/s, the transposed ones at 44-55.
 
 The core is a micro-kernel written in LLVM IR (a Numba ``@intrinsic``): an ``MR x NR`` block of C
 stays in vector registers while the loop over k does ``MR * NR / lanes`` fused multiply-adds per
 step. ``NR`` is two vectors; ``MR`` fills the register file (12 rows with 32 AVX-512 registers, 6
 with 16 AVX2 or 128-bit ones). Around it sits the usual blocking (Goto/BLIS): B in ``NR``-wide
 k-major panels (packed, or a row-major matrix read in place), A read in place per ``MC x KC``
-block, and the blocks shared out across the cores (or run on the caller's thread, for callers that
-split work themselves, like the recurrences that give each core its own batch rows).
+block (packed when transposed), and the blocks handed out to the cores one at a time from an
+atomic counter (or run on the caller's thread, for callers that split work themselves, like the
+recurrences that give each core its own batch rows).
 
 Numba caches compiled code per file; after editing this file, functions in other files that call
 it may keep stale code in ``__pycache__``: delete the ``*.nbi``/``*.nbc`` files there.
@@ -371,8 +375,21 @@ def _work_item(item, nchunks, per, M, N, K, a, si, sp, b, b_jstride, b_kstride, 
                             c[c_off + i * ldc + j] = edge[i * nr + j]
 
 
+@intrinsic
+def _take_item(typingctx, counter):
+    """Atomically adds 1 to the int64 at address ``counter`` and returns its old value: the next
+    work item for the thread that calls it."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        i64 = ir.IntType(64)
+        return builder.atomic_rmw("add", builder.inttoptr(args[0], i64.as_pointer()), ir.Constant(i64, 1), "monotonic")
+
+    return sig, codegen
+
+
 def _core(a_ptr, b_ptr, tail_ptr, c_ptr, M, N, K, si, sp, b_kstride, b_jstride, ldc, nr, accumulate,
-          item_lo, item_hi, nchunks, per):
+          item_lo, item_hi, nchunks, per, counter):
     """Work items ``item_lo:item_hi`` of C (M, N) (+)= A (M, K) @ B (K, N), on raw pointers.
 
     This is the one place the GEMM is compiled, once per dtype, as a C callback (:func:`core_address`).
@@ -382,6 +399,12 @@ def _core(a_ptr, b_ptr, tail_ptr, c_ptr, M, N, K, si, sp, b_kstride, b_jstride, 
     run's compile time for one LSTM. Called through its address it is compiled once and cached once.
     A is a[i * si + p * sp], B's full panels are at b[jp * b_jstride + p * b_kstride + j], the
     partial last panel is tail (K, NR), C is c[i * ldc + j].
+
+    counter: 0 runs the items in order; otherwise the address of an int64 (starting at item_lo)
+    that the threads sharing one product take items from, each the next one free. With fixed
+    halves one thread often finished its share at 14 ms while the other took 20-30 (a core slowed
+    by something else on the machine, or a partial last row block); taking items as they come
+    keeps both busy to the end.
     """
     a = carray(a_ptr, ((M - 1) * si + (K - 1) * sp + 1,))
     full = N // nr
@@ -390,12 +413,14 @@ def _core(a_ptr, b_ptr, tail_ptr, c_ptr, M, N, K, si, sp, b_kstride, b_jstride, 
     c = carray(c_ptr, ((M - 1) * ldc + N,))
     edge = np.empty(MR * nr, dtype=c.dtype)
     apack = np.empty(MC * KC if sp != 1 else 0, dtype=c.dtype)
-    for item in range(item_lo, item_hi):
+    item = _take_item(counter) if counter else item_lo
+    while item < item_hi:
         _work_item(item, nchunks, per, M, N, K, a, si, sp, b, b_jstride, b_kstride, tail, c, ldc, nr, accumulate,
                    edge, apack)
+        item = _take_item(counter) if counter else item + 1
 
 
-_CORE_INTS = 14  # the integer arguments of _core after its four pointers
+_CORE_INTS = 15  # the integer arguments of _core after its four pointers
 _cores = {}
 
 
@@ -461,7 +486,7 @@ def gemm_packed_serial(a, bp, c, accumulate, core):
     mblocks = (M + MC - 1) // MC
     _call_core(core, a, bp, bp[npanels - 1], c,
                (M, N, K, a.strides[0] // size, a.strides[1] // size, nr, K * nr, c.strides[0] // size, nr,
-                1 if accumulate else 0, 0, mblocks, 1, npanels))
+                1 if accumulate else 0, 0, mblocks, 1, npanels, 0))
 
 
 # Below this many multiply-adds (about 15 us on one core) a product runs on the caller's thread.
@@ -507,10 +532,10 @@ def _product(a, b, b_kstride, b_jstride, tail, c, accumulate):
     args = (a.ctypes.data, b.ctypes.data, tail.ctypes.data, c.ctypes.data, M, N, K, a.strides[0] // size,
             a.strides[1] // size, b_kstride, b_jstride, c.strides[0] // size, nr, int(bool(accumulate)))
     if threads == 1:
-        call(*args, 0, items, nchunks, per)
+        call(*args, 0, items, nchunks, per, 0)
         return
-    share = (items + threads - 1) // threads
-    run_shared(lambda k: call(*args, k * share, min(items, (k + 1) * share), nchunks, per), threads)
+    counter = np.zeros(1, np.int64)  # the next free item, taken atomically (see _core)
+    run_shared(lambda k: call(*args, 0, items, nchunks, per, counter.ctypes.data), threads)
 
 
 def _check(a, b, c):
