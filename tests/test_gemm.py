@@ -226,3 +226,23 @@ def test_reuse_packing_packs_each_weight_once_while_it_holds(monkeypatch):
     w *= 2  # outside reuse_packing nothing is kept
     np.testing.assert_allclose(G.matmul(x, w.T), 2 * plain, rtol=1e-6)
     assert len(packs) == 4
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("k,n", [(1, 1), (7, 5), (300, 33), (40, 64), (3, 70)])
+@pytest.mark.parametrize("layout", ["c", "f", "strided"])
+def test_pack_b_lays_out_k_major_panels_zero_padded(dtype, k, n, layout):
+    """pack_b against its definition in NumPy: panel jp holds columns jp*NR:(jp+1)*NR of b, row
+    p of the panel is row p of b, and the columns past N are zeros (the tile reads them)."""
+    rng = np.random.default_rng(k * 100 + n)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    if layout == "f":
+        b = np.asfortranarray(b)
+    elif layout == "strided":
+        b = rng.standard_normal((k, 2 * n)).astype(dtype)[:, ::2]
+    nr = G.panel_width(dtype)
+    npanels = -(-n // nr)
+    padded = np.zeros((k, npanels * nr), dtype)
+    padded[:, :n] = b
+    expected = padded.reshape(k, npanels, nr).transpose(1, 0, 2)
+    np.testing.assert_array_equal(G.pack_b(b, nr), expected)

@@ -245,21 +245,38 @@ def _tile(mr, k, a, a_off, a_pstride, a_istride, b, b_off, b_kstride, c, c_off, 
 
 @njit(cache=True)
 def _pack(src, nr, transposed):
-    """:func:`pack_b` of b = src (K, N), or of b = src.T when ``transposed``; src C-contiguous."""
+    """:func:`pack_b` of b = src (K, N), or of b = src.T when ``transposed``; src C-contiguous.
+    Flat unsigned indices, and src walked along its rows: 8 against 19-23 ms for a (6400, 512)
+    float32 b, which is read row by row and written a panel row (NR values) at a time."""
     K, N = (src.shape[1], src.shape[0]) if transposed else src.shape
     npanels = (N + nr - 1) // nr
-    out = np.zeros((npanels, K, nr), dtype=src.dtype)
-    for jp in range(npanels):
-        j0 = jp * nr
-        width = min(nr, N - j0)
-        if transposed:  # walk src's rows, its contiguous direction
-            for jj in range(width):
+    full = N // nr
+    out = np.empty((npanels, K, nr), dtype=src.dtype)
+    flat, s = out.reshape(-1), src.reshape(-1)
+    if transposed:  # b's columns are src's rows: one panel at a time, a row of src per column
+        for jp in range(npanels):
+            width = min(nr, N - jp * nr)
+            base = np.uint64(jp * K * nr)
+            for jj in range(nr):
+                if jj >= width:
+                    for p in range(K):
+                        flat[base + np.uint64(p * nr + jj)] = 0
+                    continue
+                row = np.uint64((jp * nr + jj) * K)
                 for p in range(K):
-                    out[jp, p, jj] = src[j0 + jj, p]
-        else:
-            for p in range(K):
-                for jj in range(width):
-                    out[jp, p, jj] = src[p, j0 + jj]
+                    flat[base + np.uint64(p * nr + jj)] = s[row + np.uint64(p)]
+        return out
+    for p in range(K):
+        row = np.uint64(p * N)
+        for jp in range(full):
+            dst = np.uint64(jp * K * nr + p * nr)
+            for jj in range(nr):  # a constant trip count once compiled for the dtype's NR
+                flat[dst + np.uint64(jj)] = s[row + np.uint64(jp * nr + jj)]
+        if full < npanels:
+            dst = np.uint64(full * K * nr + p * nr)
+            for jj in range(nr):
+                j = full * nr + jj
+                flat[dst + np.uint64(jj)] = s[row + np.uint64(j)] if j < N else 0
     return out
 
 
@@ -565,7 +582,8 @@ def gemm(a, b, c, accumulate):
     """
     _check(a, b, c)
     K, N = b.shape
-    if b.strides[1] != b.itemsize or b.strides[0] % 4096 == 0 or b.strides[0] < 0:
+    aliased = b.strides[0] % 1024 == 0 and a.shape[0] >= 2 * MC
+    if b.strides[1] != b.itemsize or b.strides[0] % 4096 == 0 or b.strides[0] < 0 or aliased:
         gemm_packed(a, pack_weights(b), c, accumulate)
         return
     nr = panel_width(c.dtype)
