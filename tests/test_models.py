@@ -41,9 +41,41 @@ def fresh_loss(model, batch):
 
 # -- gradients ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
-def test_charrnn_gradients_match_central_differences(cell):
+@pytest.mark.parametrize("T, folded", [(5, True), (2, False)])
+def test_charrnn_gradients_match_central_differences(cell, T, folded):
+    """Both ways in: with more positions (T*B) than characters (V) the lookup is folded into layer
+    0's input projection (a lookup in weight @ W_ih^T); with fewer it is a plain lookup."""
     model = CharRNN(V, hidden_size=6, num_layers=2, cell=cell, dropout=0.25, embedding_dim=4, dtype=np.float64, seed=1)
-    check_gradients(model, fresh_loss(model, char_batch()))
+    check_gradients(model, fresh_loss(model, char_batch(T=T)))
+    assert model._embedded is folded
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+@pytest.mark.parametrize("options", [{}, {"layer_norm": True, "zoneout": 0.2, "weight_drop": 0.3,
+                                          "recurrent_dropout": 0.2}])
+def test_folded_embedding_gives_the_plain_lookups_losses_and_gradients(cell, options):
+    """CharRNN's folded first layer against the same children called the plain way (Embedding,
+    then the recurrent layer on its rows), with the regularisers on: same logits, same gradient
+    of every parameter, repeated ids included (V = 7 < T*B = 24)."""
+    model = CharRNN(V, hidden_size=5, num_layers=2, cell=cell, dropout=0.2, embedding_dim=3, dtype=np.float64,
+                    seed=4, **options)
+    x, y = char_batch(T=8)
+    rng = model.rng_state()
+    model.zero_grad()
+    folded = model.train_step((x, y))["loss"]
+    assert model._embedded
+    grads = {name: g.copy() for name, g in model.grads.items()}
+    model.set_rng_state(rng)
+    model.reset_state()
+    model.zero_grad()
+    out, _ = model.rnn(model.embed(x))
+    logits = model.head(model.drop(out))
+    plain, dlogits = rf.losses.cross_entropy(logits, y)
+    dx, _ = model.rnn.backward(model.drop.backward(model.head.backward(dlogits)))
+    model.embed.backward(dx)
+    assert plain == pytest.approx(folded, rel=1e-12)
+    for name, g in model.grads.items():
+        np.testing.assert_allclose(grads[name], g, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
 @pytest.mark.parametrize("cell, bidirectional, many_to_many, with_lengths", [

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 from numba import njit, typeof
 
-from rnnfast.kernels.cpu.gemm import core_address, gemm_packed_serial, pack_weights
+from rnnfast.kernels.cpu.gemm import core_address, gemm, gemm_packed_serial, pack_weights
 from rnnfast.kernels.cpu.threads import THREADS, run_shared
 
 
@@ -62,6 +62,28 @@ def weight_grads(grads, w_ih, w_hh):
         if g.shape != w.shape or g.dtype != w.dtype or not g.flags.c_contiguous:
             raise ValueError(f"grads: {name} must be a C-contiguous {w.dtype} array of shape {w.shape}")
     return grads[0], grads[1], True
+
+
+def projected_input(x, w_ih, projected):
+    """Checks a forward kernel's ``projected`` input: x (T, B, G*H) must already be x @ W_ih^T."""
+    if projected and x.shape[2] != w_ih.shape[0]:
+        raise ValueError(f"a projected input must be (T, B, {w_ih.shape[0]}) = x @ W_ih^T, got {x.shape}")
+
+
+def input_grads(dxw, x, w_ih, dw_ih, accumulate, projected):
+    """dx from the input side's gate gradients dxw (T*B, G*H), with dW_ih = dxw^T x added into (or
+    written to) dw_ih. Under ``projected`` the forward's input was x @ W_ih^T itself: dx is then
+    dxw as (T, B, G*H), a view of it, and dW_ih is the caller's to form, since only it knows what
+    was projected (rnnfast.recurrent: rows of an embedding); a new dw_ih is zeroed."""
+    T, B = x.shape[:2]
+    if projected:
+        if not accumulate:
+            dw_ih[...] = 0
+        return dxw.reshape(T, B, -1)
+    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
+    gemm(dxw, w_ih, dx.reshape(T * B, -1), False)
+    gemm(dxw.T, x.reshape(T * B, -1), dw_ih, accumulate)
+    return dx
 
 
 def bias_grads(grads, db_ih, db_hh=None):

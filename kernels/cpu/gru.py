@@ -23,10 +23,10 @@ from numba import njit
 
 from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, input_grads, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, normalise_recurrent, options_forward,
-    options_probe, prepare, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads, zone_args,
-    zoneout_add, zoneout_grads)
+    options_probe, prepare, projected_input, recurrent_gemm_backward, recurrent_grads, run_rows, weight_grads,
+    zone_args, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
 
@@ -84,13 +84,16 @@ def _forward_rows(b0, b1, core, w_hh_t, b_hh, lengths, y, h, gates, hn, hw, a, m
         options_forward(t, b0, b1, lengths, y, (h,), a, mask, zones, saved, one)
 
 
-def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None):
+def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None, projected=False):
     """One GRU layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (3H, I), w_hh (3H, H), b_ih (3H,),
     b_hh (3H,)); lengths: (B,) ints in 1..T or None; h_mask: (B, H) recurrent-dropout mask or None;
     zone: None or (zone_h,), (T, B, H) or None (zoneout); layer_norm: None or (gain_ih, bias_ih,
     gain_hh, bias_hh), each (3H,). Returns y: (T, B, H), the final state (hT,) and the cache.
+    projected: x is already x @ W_ih^T, (T, B, 3H), as a lookup in an embedding's projected
+    table gives it (rnnfast.recurrent): no input GEMM runs, x is written over, and backward
+    returns the gradient of that projection as dx and leaves dW_ih to the caller.
     """
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -99,10 +102,12 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_n
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.empty((T, B, 3 * H), dtype=x.dtype)  # r, z, n
+    projected_input(x, w_ih, projected)
+    gates = x if projected else np.empty((T, B, 3 * H), dtype=x.dtype)  # r, z, n
     hn = np.empty((T, B, H), dtype=x.dtype)  # W_hn h + b_hn
     g2 = gates.reshape(T * B, 3 * H)
-    gemm(x.reshape(T * B, I), w_ih.T, g2, False)
+    if not projected:
+        gemm(x.reshape(T * B, I), w_ih.T, g2, False)
     norms = params, hats, rstds, consts = layer_norm_arrays(layer_norm, T, B, 3, H, x.dtype, np)
     norm_input_forward(g2, params, hats, rstds, consts)
     g2 += b_ih
@@ -111,7 +116,7 @@ def gru_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_n
     a, mask, zones, saved = cell_options(h, h_mask, zone, (False,), np)  # backward reads gates, not h'
     run_rows(_forward_rows, B, H, w_hh.T, b_hh, lengths, y, h, gates, hn, hw, a, mask, *zone_args(zones, saved),
              norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)))
-    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms)
+    cache = (x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, norms, projected)
     return y, (h[T].copy(),), cache
 
 
@@ -179,7 +184,7 @@ def gru_backward(dy, dstate, cache, grads=None):
     (T, B, I), (dh0,) and (dw_ih (3H, I), dw_hh (3H, H), db_ih, db_hh (3H,)), then under layer norm
     (dgain_ih, dbias_ih, dgain_hh, dbias_hh) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, (params, hats, rstds, consts) = cache
+    x, w_ih, w_hh, lengths, h, gates, hn, a, mask, zones, (params, hats, rstds, consts), projected = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
@@ -195,9 +200,9 @@ def gru_backward(dy, dstate, cache, grads=None):
     # side's in place (they differ only in n, by the factor r), so one (T, B, 3H) array serves both
     dg2 = dgates.reshape(T * B, 3 * H)
     dxw, dnorm_ih = norm_input_backward(dg2, params, hats, rstds, consts)
-    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dxw, w_ih, dx.reshape(T * B, I), False)
-    gemm(dxw.T, x.reshape(T * B, I), dw_ih, accumulate)
+    dx = input_grads(dxw, x, w_ih, dw_ih, accumulate, projected)
+    if projected and not normed:
+        dx = dx.copy()  # a view of dg2, whose n part is rescaled in place below
     db_ih = dg2.sum(axis=0)
     dg2[:, 2 * H:] *= gates.reshape(T * B, 3 * H)[:, :H]  # dn -> dn * r
     gemm((dhw.reshape(T * B, 3 * H) if normed else dg2).T, a[:T].reshape(T * B, H), dw_hh, accumulate)

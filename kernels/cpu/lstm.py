@@ -24,9 +24,9 @@ from numba import njit
 
 from rnnfast.kernels.cells import cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import sigmoid, tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, input_grads, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, normalise_row,
-    normalise_row_backward, options_forward, options_probe, prepare, recurrent_gemm_backward,
+    normalise_row_backward, options_forward, options_probe, prepare, projected_input, recurrent_gemm_backward,
     recurrent_gemm_forward, recurrent_grads, run_rows, weight_grads, zone_args, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
@@ -107,7 +107,7 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, y, h, c, gates, a, mask, 
         options_forward(t, b0, b1, lengths, y, (h, c), a, mask, zones, saved, zero + 1)
 
 
-def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None):
+def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_norm=None, projected=False):
     """One LSTM layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0, c0), each (B, H); weights: (w_ih (4H, I), w_hh (4H, H), b_ih (4H,),
@@ -115,6 +115,9 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_
     None; zone: None or (zone_h, zone_c), each (T, B, H) or None (zoneout); layer_norm: None or
     (gain_ih, bias_ih, gain_hh, bias_hh (4H,), gain_c, bias_c (H,)). Returns y: (T, B, H), the
     final state (hT, cT) and the cache.
+    projected: x is already x @ W_ih^T, (T, B, 4H), as a lookup in an embedding's projected
+    table gives it (rnnfast.recurrent): no input GEMM runs, x is written over, and backward
+    returns the gradient of that projection as dx and leaves dW_ih to the caller.
     """
     (h0, c0), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -124,8 +127,12 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
     c = np.empty((T + 1, B, H), dtype=x.dtype)
-    gates = np.empty((T, B, 4 * H), dtype=x.dtype)  # post-activation i, f, g, o
-    gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
+    projected_input(x, w_ih, projected)
+    if projected:
+        gates = x  # post-activation i, f, g, o
+    else:
+        gates = np.empty((T, B, 4 * H), dtype=x.dtype)
+        gemm(x.reshape(T * B, I), w_ih.T, gates.reshape(T * B, 4 * H), False)
     norms = params, hats, rstds, consts = layer_norm_arrays(layer_norm, T, B, 4, H, x.dtype, np)
     norm_input_forward(gates.reshape(T * B, 4 * H), params, hats, rstds, consts)
     h[0] = h0
@@ -134,7 +141,8 @@ def lstm_forward(x, state, weights, lengths=None, h_mask=None, zone=None, layer_
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, y, h, c, gates, a, mask, *zone_args(zones, saved),
              norm_scratch(hats, B, 4 * H, x.dtype), norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)),
              norm_args(hats, (params[4], params[5], hats[2], rstds[2], consts)))
-    cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c, norms)
+    cache = (x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, saved[1] if saved[1].shape[0] else c, norms,
+             projected)
     return y, (h[T].copy(), c[T].copy()), cache
 
 
@@ -230,7 +238,7 @@ def lstm_backward(dy, dstate, cache, grads=None):
     norm (dgain_ih, dbias_ih, dgain_hh, dbias_hh, dgain_c, dbias_c) (with ``grads``: those arrays,
     added into).
     """
-    x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, c_new, (params, hats, rstds, consts) = cache
+    x, w_ih, w_hh, lengths, h, c, gates, a, mask, zones, c_new, (params, hats, rstds, consts), projected = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
@@ -247,9 +255,7 @@ def lstm_backward(dy, dstate, cache, grads=None):
     # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dg2 = dgates.reshape(T * B, 4 * H)
     dxw, dnorm_ih = norm_input_backward(dg2, params, hats, rstds, consts)
-    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dxw, w_ih, dx.reshape(T * B, I), False)
-    gemm(dxw.T, x.reshape(T * B, I), dw_ih, accumulate)
+    dx = input_grads(dxw, x, w_ih, dw_ih, accumulate, projected)
     gemm((dhw if normed else dgates).reshape(T * B, 4 * H).T, a[:T].reshape(T * B, H), dw_hh, accumulate)
     dweights = (dw_ih, dw_hh, *bias_grads(grads, dg2.sum(axis=0)))
     if not normed:

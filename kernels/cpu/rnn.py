@@ -15,9 +15,9 @@ from numba import njit
 
 from rnnfast.kernels.cells import ACTIVATIONS, cell_options, layer_norm_arrays, layer_norm_grads, state_grads
 from rnnfast.kernels.cpu.activations import tanh
-from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, norm_args,
+from rnnfast.kernels.cpu.common import (bias_grads, contiguous, copy_row, grad_scratch, input_grads, norm_args,
     norm_input_backward, norm_input_forward, norm_recurrent_param_grads, norm_scratch, options_forward,
-    options_probe, prepare, recurrent_gemm_backward, recurrent_gemm_forward, recurrent_grads, run_rows,
+    options_probe, prepare, projected_input, recurrent_gemm_backward, recurrent_gemm_forward, recurrent_grads, run_rows,
     weight_grads, zone_args, zoneout_add, zoneout_grads)
 from rnnfast.kernels.cpu.gemm import gemm, gemm_packed_serial, panel_width
 
@@ -61,7 +61,7 @@ def _forward_rows(b0, b1, core, w_hh_t, bias, lengths, act, y, h, a, mask, zones
         options_forward(t, b0, b1, lengths, y, (h,), a, mask, zones, saved, zero + 1)
 
 
-def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=None, layer_norm=None):
+def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=None, layer_norm=None, projected=False):
     """One RNN layer, one direction, over a whole sequence (the kernel contract, kernels/README.md).
 
     x: (T, B, I); state: (h0,) with h0 (B, H); weights: (w_ih (H, I), w_hh (H, H), b_ih (H,),
@@ -69,6 +69,9 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=Non
     h_mask: (B, H) recurrent-dropout mask or None; zone: None or (zone_h,), (T, B, H) or None
     (zoneout); layer_norm: None or (gain_ih, bias_ih, gain_hh, bias_hh), each (H,). Returns y:
     (T, B, H), the final state (hT,) and the cache.
+    projected: x is already x @ W_ih^T, (T, B, H), as a lookup in an embedding's projected
+    table gives it (rnnfast.recurrent): no input GEMM runs, x is written over, and backward
+    returns the gradient of that projection as dx and leaves dW_ih to the caller.
     """
     (h0,), (w_ih, w_hh, b_ih, b_hh) = state, weights
     x, lengths = prepare(x, lengths)
@@ -78,14 +81,18 @@ def rnn_forward(x, state, weights, lengths=None, act=TANH, h_mask=None, zone=Non
     H = h0.shape[1]
     y = np.empty((T, B, H), dtype=x.dtype)
     h = np.empty((T + 1, B, H), dtype=x.dtype)
-    gemm(x.reshape(T * B, I), w_ih.T, h[1:].reshape(T * B, H), False)
+    projected_input(x, w_ih, projected)
+    if projected:
+        h[1:] = x
+    else:
+        gemm(x.reshape(T * B, I), w_ih.T, h[1:].reshape(T * B, H), False)
     norms = params, hats, rstds, consts = layer_norm_arrays(layer_norm, T, B, 1, H, x.dtype, np)
     norm_input_forward(h[1:].reshape(T * B, H), params, hats, rstds, consts)
     h[0] = h0
     a, mask, zones, saved = cell_options(h, h_mask, zone, (True,), np)
     run_rows(_forward_rows, B, H, w_hh.T, b_ih + b_hh, lengths, act, y, h, a, mask, *zone_args(zones, saved),
              norm_scratch(hats, B, H, x.dtype), norm_args(hats, (params[2], params[3], hats[1], rstds[1], consts)))
-    cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h, norms)
+    cache = (x, w_ih, w_hh, lengths, h, act, a, mask, zones, saved[0] if saved[0].shape[0] else h, norms, projected)
     return y, (h[T].copy(),), cache
 
 
@@ -135,7 +142,7 @@ def rnn_backward(dy, dstate, cache, grads=None):
     (T, B, I), (dh0,) and (dw_ih (H, I), dw_hh (H, H), db_ih, db_hh (H,)), then under layer norm
     (dgain_ih, dbias_ih, dgain_hh, dbias_hh) (with ``grads``: those arrays, added into).
     """
-    x, w_ih, w_hh, lengths, h, act, a, mask, zones, h_new, (params, hats, rstds, consts) = cache
+    x, w_ih, w_hh, lengths, h, act, a, mask, zones, h_new, (params, hats, rstds, consts), projected = cache
     T, B, I = x.shape
     H = h.shape[2]
     dy = np.ascontiguousarray(dy, dtype=x.dtype)
@@ -150,9 +157,7 @@ def rnn_backward(dy, dstate, cache, grads=None):
     # then dx, dW_ih, dW_hh as single GEMMs over all steps (through the input side's norm first)
     dp2 = dpre.reshape(T * B, H)
     dxw, dnorm_ih = norm_input_backward(dp2, params, hats, rstds, consts)
-    dx = np.empty_like(x)  # allocated after the recurrence: its scratch is gone by now
-    gemm(dxw, w_ih, dx.reshape(T * B, I), False)
-    gemm(dxw.T, x.reshape(T * B, I), dw_ih, accumulate)
+    dx = input_grads(dxw, x, w_ih, dw_ih, accumulate, projected)
     gemm((dhw if normed else dpre).reshape(T * B, H).T, a[:T].reshape(T * B, H), dw_hh, accumulate)
     dweights = (dw_ih, dw_hh, *bias_grads(grads, dp2.sum(axis=0)))
     if not normed:

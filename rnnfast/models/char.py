@@ -47,6 +47,7 @@ class CharRNN(CharSampling, Model):
         self.add("drop", Dropout(dropout, seed=s[3], batch_axis=1))
         self.add("head", Linear(hidden_size, vocab_size, dtype=dtype, seed=s[2]))
         self.vocab_size = vocab_size
+        self._embedded = False  # whether the last forward folded the lookup into layer 0 (forward)
 
     @staticmethod
     def _shapes(vocab_size, hidden_size, num_layers, cell, embedding_dim, layer_norm=False, **_) -> dict[str, tuple]:
@@ -61,13 +62,23 @@ class CharRNN(CharSampling, Model):
         ids = self._to_model(ids)
         if ids.ndim != 2:
             raise ValueError(f"CharRNN takes ids of shape (T, B), got shape {tuple(ids.shape)}")
-        y, state = self.rnn(self.embed(ids), state)
+        weight = self.embed.params["weight"]
+        # On the CPU, with fewer characters than positions, the embedding's rows go into the first
+        # layer's input projection once (weight @ W_ih^T) and each position looks its row up there.
+        self._embedded = isinstance(weight, np.ndarray) and weight.shape[0] < ids.size
+        if self._embedded:
+            y, state = self.rnn(None, state, embedded=(weight, self.embed.record_ids(ids)))
+        else:
+            y, state = self.rnn(self.embed(ids), state)
         return self.head(self.drop(y)), state
 
     def backward(self, dlogits):
         """dlogits: (T, B, V) -> the gradient of the initial state; adds into ``grads``."""
         dx, dstate0 = self.rnn.backward(self.drop.backward(self.head.backward(dlogits)))
-        self.embed.backward(dx)
+        if self._embedded:  # dx is already the gradient of the embedding's table
+            self.embed.add_weight_grad(dx)
+        else:
+            self.embed.backward(dx)
         return dstate0
 
     def train_step(self, batch) -> dict:
